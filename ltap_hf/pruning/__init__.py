@@ -2,6 +2,7 @@
 
 from .criteria import CRITERIA, ScoreAccumulator, combine_scores, criterion_indices, weight_criteria
 from .masks import apply_masks, density, density_report, full_masks, prunable_parameters, select_mask
+from .pruner import LTAPPruner, StageResult
 from .schedule import cubic_density, stage_steps
 from .vote import CLASS_WEIGHTINGS, ClassVote, VoteResult, stage_generator
 
@@ -10,7 +11,9 @@ __all__ = [
     "CLASS_WEIGHTINGS",
     "CRITERIA",
     "ClassVote",
+    "LTAPPruner",
     "ScoreAccumulator",
+    "StageResult",
     "VoteResult",
     "apply_masks",
     "combine_scores",

@@ -1,0 +1,343 @@
+"""`LTAPConfig` and `LTAPTrainer`: LTAP inside the `transformers.Trainer` step loop.
+
+The trainer is glue. The arithmetic lives in `ltap_hf.pruning`; here we only call it at the right
+moments of the step loop (see FIELD_NOTES.md for the order of Trainer's hooks):
+
+- `on_pre_optimizer_step` (gradients synchronised and clipped): accumulate the criteria;
+- `on_optimizer_step`: re-apply the masks, so pruned weights stay exactly zero;
+- `on_step_end` at a stage step: per-class validation accuracy (gathered over processes), vote, prune;
+- checkpoints carry the pruning state (`ltap_state.safetensors` + `ltap_state.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.utils import broadcast
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import logging
+
+from .losses import LOSS_NAMES, build_loss
+from .metrics import long_tail_accuracy, make_compute_metrics
+from .pruning.criteria import CRITERIA, criterion_indices
+from .pruning.pruner import LTAPPruner
+from .pruning.schedule import cubic_density, stage_steps
+from .pruning.vote import CLASS_WEIGHTINGS, ClassVote
+
+
+logger = logging.get_logger(__name__)
+
+STATE_WEIGHTS_NAME = "ltap_state.safetensors"
+STATE_CONFIG_NAME = "ltap_state.json"
+STATE_FORMAT_VERSION = 1
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class LTAPConfig(TrainingArguments):
+    r"""
+    `TrainingArguments` plus every knob of LTAP (see ALGORITHM.md), with the paper's values as defaults.
+
+    The pruning schedule is given as fractions of training (`prune_schedule_unit="fraction"`, the
+    default: start at 50%, end at 80%, as epochs 100 and 160 of 200) or in epochs.
+    """
+
+    granularity: str = field(default="weight", metadata=_help("Unit of pruning: 'weight' or 'channel'."))
+    target_density: float = field(default=0.3, metadata=_help("Fraction of prunable parameters kept at the end."))
+    prune_schedule_unit: str = field(
+        default="fraction", metadata=_help("Unit of prune_start/prune_end/drw_start: 'fraction' of training or 'epoch'.")
+    )
+    prune_start: float = field(default=0.5, metadata=_help("First pruning stage (density 1.0, first vote)."))
+    prune_end: float = field(default=0.8, metadata=_help("Last pruning stage (density = target_density)."))
+    prune_interval: float = field(default=1.0, metadata=_help("Epochs between pruning stages (0.5: twice per epoch)."))
+    criteria: list[str] = field(
+        default_factory=lambda: list(CRITERIA), metadata=_help(f"Criteria in use, a subset of {', '.join(CRITERIA)}.")
+    )
+    vote: bool = field(default=True, metadata=_help("Class-aware vote; False keeps every alpha at 1/K."))
+    vote_temperature: float = field(default=0.5, metadata=_help("Temperature of the vote's softmaxes ('pau' in the paper)."))
+    vote_class_weighting: str = field(
+        default="inverse_frequency", metadata=_help(f"Class weights of the vote: {', '.join(CLASS_WEIGHTINGS)}.")
+    )
+    min_layer_density: float = field(default=0.02, metadata=_help("No prunable tensor keeps fewer than this fraction."))
+    prune_classifier: bool = field(default=False, metadata=_help("Also prune the classifier head."))
+    loss: str = field(default="balanced_softmax", metadata=_help(f"Training loss: {', '.join(LOSS_NAMES)}."))
+    logit_adjustment_tau: float = field(default=1.0, metadata=_help("tau of the logit-adjusted loss."))
+    ldam_max_margin: float = field(default=0.5, metadata=_help("Largest LDAM margin."))
+    ldam_scale: float = field(default=30.0, metadata=_help("LDAM logit scale s."))
+    drw_start: float = field(default=0.8, metadata=_help("Start of LDAM's deferred re-weighting (prune_schedule_unit)."))
+    remove_unused_columns: bool = field(
+        default=False, metadata=_help("Kept False: LT datasets build `pixel_values` on the fly with `with_transform`.")
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.granularity not in ("weight", "channel"):
+            raise ValueError(f"granularity must be 'weight' or 'channel', got {self.granularity!r}")
+        if not 0 < self.target_density <= 1:
+            raise ValueError(f"target_density must be in (0, 1], got {self.target_density}")
+        if self.prune_schedule_unit not in ("fraction", "epoch"):
+            raise ValueError(f"prune_schedule_unit must be 'fraction' or 'epoch', got {self.prune_schedule_unit!r}")
+        if not 0 <= self.prune_start <= self.prune_end:
+            raise ValueError(f"need 0 <= prune_start <= prune_end, got prune_start={self.prune_start}, prune_end={self.prune_end}")
+        if self.prune_schedule_unit == "fraction" and max(self.prune_end, self.drw_start) > 1:
+            raise ValueError(
+                f"with prune_schedule_unit='fraction', prune_end and drw_start must be <= 1, got "
+                f"prune_end={self.prune_end}, drw_start={self.drw_start} (use prune_schedule_unit='epoch' for epochs)"
+            )
+        if not self.prune_interval > 0:
+            raise ValueError(f"prune_interval must be > 0 epochs, got {self.prune_interval}")
+        try:
+            criterion_indices(self.criteria)
+        except ValueError as error:
+            raise ValueError(f"criteria: {error}") from None
+        if not self.vote_temperature > 0:
+            raise ValueError(f"vote_temperature must be > 0, got {self.vote_temperature}")
+        if self.vote_class_weighting not in CLASS_WEIGHTINGS:
+            raise ValueError(f"vote_class_weighting must be one of {CLASS_WEIGHTINGS}, got {self.vote_class_weighting!r}")
+        if not 0 <= self.min_layer_density <= 1:
+            raise ValueError(f"min_layer_density must be in [0, 1], got {self.min_layer_density}")
+        if self.loss not in LOSS_NAMES:
+            raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = False
+
+    def schedule_in_steps(self, max_steps: int, num_train_epochs: float) -> tuple[list[int], int]:
+        """Optimizer steps of the pruning stages, and the steps between two stages."""
+        steps_per_epoch = max_steps / num_train_epochs
+        to_steps = (lambda x: x * max_steps) if self.prune_schedule_unit == "fraction" else (lambda x: x * steps_per_epoch)
+        start, end = max(1, round(to_steps(self.prune_start))), round(to_steps(self.prune_end))
+        if end > max_steps:
+            raise ValueError(f"prune_end={self.prune_end} {self.prune_schedule_unit}(s) is past the end of training ({num_train_epochs} epochs)")
+        interval = max(1, round(self.prune_interval * steps_per_epoch))
+        return stage_steps(start, max(start, end), interval), interval
+
+    def drw_start_epoch(self, num_train_epochs: float) -> float:
+        return self.drw_start * num_train_epochs if self.prune_schedule_unit == "fraction" else self.drw_start
+
+    def ltap_settings(self) -> dict:
+        """The LTAP fields (not the generic training ones), for logs, checkpoints and model cards."""
+        names = [f.name for f in self.__dataclass_fields__.values() if f.name not in TrainingArguments.__dataclass_fields__]
+        return {name: getattr(self, name) for name in names if name != "remove_unused_columns"}
+
+
+def _class_counts(dataset, num_classes: int) -> list[int]:
+    """Training images per class, read from the dataset's `label` (or `labels`) column."""
+    column_names = getattr(dataset, "column_names", None) or []
+    column = next((c for c in ("label", "labels") if c in column_names), None)
+    if column is None:
+        raise ValueError("class_counts was not given and the train dataset has no 'label'/'labels' column to count")
+    labels = np.asarray(dataset.with_format(None)[column])
+    return np.bincount(labels, minlength=num_classes).tolist()
+
+
+class _LTAPCallback(TrainerCallback):
+    """Calls the trainer's pruning glue at the Trainer's hook points."""
+
+    def __init__(self, trainer: "LTAPTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._begin_pruning()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.trainer._accumulating(state.global_step + 1):
+            self.trainer.pruner.accumulate()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.trainer.pruner.vote.stage > 0:
+            self.trainer.pruner.apply_masks()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.trainer.stage_steps:
+            self.trainer._pruning_stage()
+
+
+class LTAPTrainer(Trainer):
+    """A `Trainer` that prunes with LTAP while it trains.
+
+    Args:
+        model: any image-classification `PreTrainedModel` (called with `pixel_values`, returning `logits`).
+        args: an `LTAPConfig`.
+        train_dataset, eval_dataset: as for `Trainer`; batches must hold `pixel_values` and `labels`.
+        vote_dataset: the split whose per-class accuracy drives the vote (the validation split, never
+            the test split). Defaults to `eval_dataset`.
+        class_counts: training images per class; read from the train dataset's label column if None.
+        compute_metrics: defaults to the long-tail metrics (overall, many/medium/few, worst class, tail-3).
+        **kwargs: the other `Trainer` arguments.
+    """
+
+    def __init__(self, model=None, args: LTAPConfig | None = None, train_dataset=None, eval_dataset=None,
+                 vote_dataset=None, class_counts: Sequence[int] | None = None, compute_metrics=None, **kwargs):
+        if not isinstance(args, LTAPConfig):
+            raise ValueError(f"LTAPTrainer needs an LTAPConfig as args, got {type(args).__name__}")
+        if vote_dataset is None and eval_dataset is None:
+            raise ValueError("LTAPTrainer needs a vote_dataset (the validation split) or an eval_dataset")
+        num_classes = model.config.num_labels
+        class_counts = list(class_counts) if class_counts is not None else _class_counts(train_dataset, num_classes)
+        if len(class_counts) != num_classes:
+            raise ValueError(f"class_counts has {len(class_counts)} classes, the model {num_classes}")
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         compute_metrics=compute_metrics or make_compute_metrics(class_counts), **kwargs)
+        self.class_counts = class_counts
+        self.vote_dataset = vote_dataset if vote_dataset is not None else eval_dataset
+        # Our losses are means over the micro-batch: Trainer must divide them for gradient accumulation.
+        self.loss_is_scaled_for_ga = False
+        self.pruner: LTAPPruner | None = None
+        self.stage_steps: list[int] = []
+        self._accumulate_from = 0
+        self._loss_fn = None
+        self._resumed_state: tuple[dict, dict] | None = None
+        self.add_callback(_LTAPCallback(self))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The configured long-tail loss while training; plain cross-entropy on the raw logits in evaluation."""
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        if model.training and self._loss_fn is not None:
+            loss = self._loss_fn(logits, labels, epoch=self.state.epoch or 0.0)
+        else:
+            loss = F.cross_entropy(logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
+    def _begin_pruning(self) -> None:
+        args, state = self.args, self.state
+        self.stage_steps, interval = args.schedule_in_steps(state.max_steps, state.num_train_epochs)
+        self._accumulate_from = self.stage_steps[0] - interval
+        self._loss_fn = build_loss(args.loss, self.class_counts, **self._loss_params(state.num_train_epochs))
+        model = self.accelerator.unwrap_model(self.model)
+        vote = ClassVote(args.criteria, self.class_counts, weighting=args.vote_class_weighting,
+                         temperature=args.vote_temperature, seed=args.seed, enabled=args.vote)
+        decay = {id(p): group["weight_decay"] for group in self.optimizer.param_groups for p in group["params"]}
+        weight_decay = {name: decay.get(id(p), 0.0) for name, p in model.named_parameters()}
+        self.pruner = LTAPPruner(model, vote, weight_decay=weight_decay, min_layer_density=args.min_layer_density,
+                                 prune_classifier=args.prune_classifier)
+        if self._resumed_state is not None:
+            tensors, meta = self._resumed_state
+            self._check_resumed_state(meta)
+            self.pruner.load_state_dict(tensors)
+            self._resumed_state = None
+        logger.info(f"LTAP: {len(self.stage_steps)} pruning stages at optimizer steps {self.stage_steps}")
+
+    def _loss_params(self, num_train_epochs: float) -> dict:
+        args = self.args
+        if args.loss == "logit_adjusted":
+            return {"tau": args.logit_adjustment_tau}
+        if args.loss == "ldam_drw":
+            return {"max_margin": args.ldam_max_margin, "scale": args.ldam_scale,
+                    "drw_start_epoch": args.drw_start_epoch(num_train_epochs)}
+        return {}
+
+    def _accumulating(self, step: int) -> bool:
+        """Whether optimizer step `step` (1-based) feeds a coming stage's scores."""
+        return self._accumulate_from < step <= self.stage_steps[-1]
+
+    @torch.no_grad()
+    def _validation_accuracy(self) -> dict:
+        """Long-tail accuracy of the current model on the vote split, gathered over all processes."""
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        predictions, references = [], []
+        for batch in self.get_eval_dataloader(self.vote_dataset):
+            batch = self._prepare_inputs(batch)
+            labels = batch.pop("labels")
+            with self.autocast_smart_context_manager():
+                logits = model(**batch).logits
+            gathered = self.accelerator.gather_for_metrics((logits.argmax(-1), labels))
+            predictions.append(gathered[0].cpu())
+            references.append(gathered[1].cpu())
+        model.train(was_training)
+        return long_tail_accuracy(torch.cat(predictions).numpy(), torch.cat(references).numpy(), self.class_counts)
+
+    def _pruning_stage(self) -> None:
+        stage = self.pruner.vote.stage
+        metrics = self._validation_accuracy()
+        per_class = torch.tensor(metrics["per_class_accuracy"], dtype=torch.float64)
+        has_validation = ~per_class.isnan()
+        target = cubic_density(stage, len(self.stage_steps), self.args.target_density)
+        result = self.pruner.prune_stage(per_class.nan_to_num(0.0), has_validation, target)
+        if self.accelerator.num_processes > 1:
+            # Every process computed the same masks from the same all-reduced gradients; the main
+            # process's copy is made authoritative so no floating-point accident can split them.
+            masks = {n: m.to(torch.uint8) for n, m in self.pruner.masks.items()}
+            self.pruner.set_masks(broadcast(masks, from_process=0))
+        logs = {"ltap/stage": stage, "ltap/target_density": target, "ltap/density": self.pruner.density}
+        logs.update(result.vote.to_log_dict(self.pruner.vote.criteria))
+        logs.update({f"ltap/val_{k}": metrics[k] for k in ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy")})
+        logger.info(f"LTAP stage {stage}: density {self.pruner.density:.4f}, suppressed {result.vote.suppressed_name}")
+        self.log(logs)
+
+    def _save_checkpoint(self, model, trial):
+        # Written before Trainer's own files: a checkpoint whose trainer_state.json exists is complete.
+        if self.pruner is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+            self.save_pruning_state(folder)
+        super()._save_checkpoint(model, trial)
+
+    def save_pruning_state(self, folder: str) -> None:
+        """Writes the pruning state to `folder` as safetensors + JSON, each atomically (temp file + rename)."""
+        os.makedirs(folder, exist_ok=True)
+        meta = {"format_version": STATE_FORMAT_VERSION, "stage_steps": self.stage_steps, "stage": self.pruner.vote.stage,
+                "criteria": list(self.pruner.vote.criteria), "settings": self.args.ltap_settings()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.pruner.state_dict().items()}
+        _atomic_write(os.path.join(folder, STATE_WEIGHTS_NAME), lambda path: save_file(tensors, path))
+        _atomic_write(os.path.join(folder, STATE_CONFIG_NAME),
+                      lambda path: open(path, "w").write(json.dumps(meta, indent=2, default=str)))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        self._resumed_state = load_pruning_state(resume_from_checkpoint)
+
+    def _check_resumed_state(self, meta: dict) -> None:
+        if meta["stage_steps"] != self.stage_steps or meta["criteria"] != list(self.pruner.vote.criteria):
+            raise ValueError(
+                f"the checkpoint's pruning schedule (stages at {meta['stage_steps']}, criteria {meta['criteria']}) "
+                f"does not match this run's ({self.stage_steps}, {list(self.pruner.vote.criteria)}): resume with the "
+                "LTAP settings the checkpoint was made with"
+            )
+
+
+def load_pruning_state(folder: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Reads `ltap_state.safetensors` + `ltap_state.json` from a checkpoint folder, with clear errors."""
+    weights, config = os.path.join(folder, STATE_WEIGHTS_NAME), os.path.join(folder, STATE_CONFIG_NAME)
+    if not (os.path.isfile(weights) and os.path.isfile(config)):
+        raise ValueError(
+            f"checkpoint {folder} has no LTAP pruning state ({STATE_WEIGHTS_NAME}, {STATE_CONFIG_NAME}): it was not "
+            "written by LTAPTrainer, or its save was interrupted; resume from an earlier checkpoint"
+        )
+    try:
+        tensors = load_file(weights)
+        with open(config) as file:
+            meta = json.load(file)
+    except (SafetensorError, json.JSONDecodeError, OSError) as error:
+        raise ValueError(f"the LTAP pruning state in {folder} is corrupt ({error}); resume from an earlier checkpoint") from None
+    if meta.get("format_version") != STATE_FORMAT_VERSION:
+        raise ValueError(f"{config} has format_version {meta.get('format_version')}, this library reads {STATE_FORMAT_VERSION}")
+    return tensors, meta
+
+
+def _atomic_write(path: str, write) -> None:
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+__all__ = ["LTAPConfig", "LTAPTrainer", "load_pruning_state"]

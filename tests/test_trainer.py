@@ -1,0 +1,136 @@
+import pytest
+import torch
+from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback
+
+from ltap_hf import LTResNetConfig, LTResNetForImageClassification
+from ltap_hf.pruning.schedule import cubic_density
+from ltap_hf.trainer import STATE_WEIGHTS_NAME, LTAPConfig, LTAPTrainer
+
+from toy_data import TOY_COUNTS, toy_splits
+
+
+def _args(output_dir, **kwargs) -> LTAPConfig:
+    defaults = dict(
+        output_dir=str(output_dir), num_train_epochs=6, per_device_train_batch_size=16, learning_rate=0.05,
+        optim="sgd", weight_decay=2e-4, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+        prune_start=0.3, prune_end=0.8, target_density=0.3, seed=0, data_seed=0, logging_steps=1000,
+    )
+    return LTAPConfig(**{**defaults, **kwargs})
+
+
+def _model(seed: int = 0) -> LTResNetForImageClassification:
+    torch.manual_seed(seed)
+    return LTResNetForImageClassification(LTResNetConfig.from_preset("resnet20", num_labels=len(TOY_COUNTS)))
+
+
+def _trainer(output_dir, model=None, **kwargs) -> LTAPTrainer:
+    train, validation = toy_splits()
+    return LTAPTrainer(model=model or _model(), args=_args(output_dir, **kwargs), train_dataset=train,
+                       eval_dataset=validation, class_counts=TOY_COUNTS)
+
+
+def _stage_logs(trainer: LTAPTrainer) -> list[dict]:
+    return [log for log in trainer.state.log_history if "ltap/density" in log]
+
+
+def test_density_follows_the_cubic_schedule_and_pruned_weights_stay_zero(tmp_path):
+    trainer = _trainer(tmp_path)
+    trainer.train()
+    stages = _stage_logs(trainer)
+    # 48 optimizer steps: stages from step round(0.3*48)=14 to round(0.8*48)=38, one epoch (8 steps) apart.
+    assert [log["step"] for log in stages] == [14, 22, 30, 38]
+    units = sum(m.numel() for m in trainer.pruner.masks.values())
+    for t, log in enumerate(stages):
+        assert log["ltap/target_density"] == pytest.approx(cubic_density(t, 4, 0.3))
+        assert log["ltap/density"] == pytest.approx(log["ltap/target_density"], abs=1.5 / units)
+        assert sum(log[f"ltap/alpha/{c}"] for c in trainer.args.criteria) == pytest.approx(1.0)
+    assert stages[0]["ltap/density"] == 1.0 and stages[-1]["ltap/density"] == pytest.approx(0.3, abs=1e-4)
+    # Masks are re-applied after every optimizer step of the fine-tuning phase: zeros stay exact +0.0.
+    for name, weight in trainer.pruner.parameters.items():
+        pruned = weight[~trainer.pruner.masks[name]]
+        assert torch.equal(pruned, torch.zeros_like(pruned)) and not pruned.signbit().any()
+    metrics = trainer.evaluate()
+    assert {"eval_accuracy", "eval_many_accuracy", "eval_worst_class_accuracy", "eval_tail3_accuracy"} <= set(metrics)
+
+
+def test_scores_accumulate_once_per_optimizer_step_with_gradient_accumulation(tmp_path):
+    trainer = _trainer(tmp_path, per_device_train_batch_size=8, gradient_accumulation_steps=2, prune_end=0.3)
+    window = []
+
+    class RecordWindow(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            if state.global_step + 1 == 14:  # the optimizer step that ends with the only stage
+                window.append(trainer.pruner.accumulator.num_steps)
+
+    trainer.add_callback(RecordWindow())
+    trainer.train()
+    # 96 micro-batches make 48 optimizer steps; the single stage at step round(0.3 * 48) = 14 scores the
+    # 8 optimizer steps of the interval before it (steps 7..14), not the 16 micro-batch backward passes.
+    assert trainer.state.global_step == 48
+    assert [log["step"] for log in _stage_logs(trainer)] == [14]
+    assert window == [8]
+
+
+def test_works_with_transformers_resnet(tmp_path):
+    torch.manual_seed(0)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                          num_labels=len(TOY_COUNTS))
+    model = ResNetForImageClassification(config)
+    trainer = _trainer(tmp_path, model=model)
+    trainer.train()
+    assert "classifier.1.weight" not in trainer.pruner.parameters
+    assert _stage_logs(trainer)[-1]["ltap/density"] == pytest.approx(0.3, abs=1e-3)
+    conv = model.resnet.embedder.embedder.convolution.weight
+    assert (conv == 0).float().mean() > 0
+
+
+def test_resume_after_pruning_started_ends_like_the_uninterrupted_run(tmp_path):
+    full = _trainer(tmp_path / "full", save_strategy="steps", save_steps=22)
+    full.train()
+    assert (tmp_path / "full" / "checkpoint-22" / STATE_WEIGHTS_NAME).is_file()
+    resumed = _trainer(tmp_path / "resumed", model=_model(seed=123))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-22"))
+    for name, mask in full.pruner.masks.items():
+        assert torch.equal(mask, resumed.pruner.masks[name]), name
+    assert torch.equal(full.pruner.vote.votes, resumed.pruner.vote.votes)
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    full_metrics = {k: v for k, v in full.evaluate().items() if "runtime" not in k and "per_second" not in k}
+    resumed_metrics = {k: v for k, v in resumed.evaluate().items() if "runtime" not in k and "per_second" not in k}
+    assert full_metrics == pytest.approx(resumed_metrics, nan_ok=True)
+
+
+def test_resume_from_a_checkpoint_without_pruning_state_is_a_clear_error(tmp_path):
+    full = _trainer(tmp_path / "full", save_strategy="steps", save_steps=22)
+    full.train()
+    (tmp_path / "full" / "checkpoint-22" / STATE_WEIGHTS_NAME).unlink()
+    with pytest.raises(ValueError, match="no LTAP pruning state"):
+        _trainer(tmp_path / "resumed").train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-22"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(target_density=0.0), "target_density"),
+        (dict(target_density=1.5), "target_density"),
+        (dict(granularity="filter"), "granularity"),
+        (dict(prune_start=0.9, prune_end=0.5), "prune_start"),
+        (dict(prune_end=1.5), "prune_end"),
+        (dict(prune_interval=0), "prune_interval"),
+        (dict(criteria=["magnitude", "hessian"]), "criteria"),
+        (dict(criteria=[]), "criteria"),
+        (dict(vote_temperature=0), "vote_temperature"),
+        (dict(vote_class_weighting="counts"), "vote_class_weighting"),
+        (dict(min_layer_density=-0.1), "min_layer_density"),
+        (dict(loss="focal"), "loss"),
+    ],
+)
+def test_bad_ltap_config_values_are_rejected(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _args(tmp_path, **kwargs)
+
+
+def test_prune_end_past_training_is_rejected_at_train_time(tmp_path):
+    trainer = _trainer(tmp_path, prune_schedule_unit="epoch", prune_start=2, prune_end=9)
+    with pytest.raises(ValueError, match="prune_end"):
+        trainer.train()
