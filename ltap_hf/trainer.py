@@ -82,6 +82,10 @@ class LTAPConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            # Launched as several processes on a host without GPUs: without `use_cpu`, TrainingArguments
+            # sets up no distributed state and every process would silently train alone.
+            self.use_cpu = True
         super().__post_init__()
         if self.granularity not in ("weight", "channel"):
             raise ValueError(f"granularity must be 'weight' or 'channel', got {self.granularity!r}")

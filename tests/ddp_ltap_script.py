@@ -1,0 +1,59 @@
+"""Run by tests/test_trainer_distributed.py under `accelerate launch` (and once in-process for reference).
+
+Trains the toy problem with LTAP and writes, per process, the masks' hash, α and density at every stage.
+"""
+
+import hashlib
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
+
+from ltap_hf import LTResNetConfig, LTResNetForImageClassification
+from ltap_hf.trainer import LTAPConfig, LTAPTrainer
+from toy_data import TOY_COUNTS, toy_splits
+
+
+class RecordStages(TrainerCallback):
+    """Runs after LTAPTrainer's own callback, so a stage's masks and α are final when it looks."""
+
+    def __init__(self, trainer: LTAPTrainer):
+        self.trainer, self.stages = trainer, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.trainer.stage_steps:
+            pruner = self.trainer.pruner
+            digest = hashlib.sha256()
+            for name in sorted(pruner.masks):
+                digest.update(pruner.masks[name].cpu().numpy().tobytes())
+            alpha = [log for log in state.log_history if "ltap/density" in log][-1]
+            self.stages.append({
+                "step": state.global_step,
+                "masks_sha256": digest.hexdigest(),
+                "alpha": [alpha[f"ltap/alpha/{c}"] for c in pruner.vote.criteria],
+                "density": pruner.density,
+            })
+
+
+def main(output_file: str, per_device_batch_size: int) -> None:
+    train, validation = toy_splits()
+    torch.manual_seed(0)
+    model = LTResNetForImageClassification(LTResNetConfig.from_preset("resnet20", num_labels=len(TOY_COUNTS)))
+    args = LTAPConfig(output_dir=output_file + ".out", num_train_epochs=6, per_device_train_batch_size=per_device_batch_size,
+                      per_device_eval_batch_size=5, learning_rate=0.05, optim="sgd", weight_decay=2e-4, report_to=[],
+                      save_strategy="no", disable_tqdm=True, prune_start=0.3, prune_end=0.8, target_density=0.3, seed=0)
+    trainer = LTAPTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation, class_counts=TOY_COUNTS)
+    recorder = RecordStages(trainer)
+    trainer.add_callback(recorder)
+    trainer.train()
+    result = {"process_index": trainer.args.process_index, "world_size": trainer.args.world_size, "stages": recorder.stages}
+    with open(f"{output_file}.rank{trainer.args.process_index}.json", "w") as file:
+        json.dump(result, file)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,40 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(command: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+
+
+def test_two_processes_hold_identical_masks_and_alpha_at_every_stage(tmp_path):
+    script = str(TESTS / "ddp_ltap_script.py")
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+          "--main_process_port", str(_free_port()), script, str(tmp_path / "ddp"), "8"], tmp_path)
+    _run([sys.executable, script, str(tmp_path / "single"), "16"], tmp_path)
+    rank0, rank1, single = (json.loads((tmp_path / name).read_text())
+                            for name in ("ddp.rank0.json", "ddp.rank1.json", "single.rank0.json"))
+    assert rank0["world_size"] == rank1["world_size"] == 2 and rank1["process_index"] == 1
+    assert single["world_size"] == 1
+    # Same global batch (2 x 8 = 16): the same stage steps in both runs.
+    assert [s["step"] for s in rank0["stages"]] == [s["step"] for s in single["stages"]] == [14, 22, 30, 38]
+    assert rank0["stages"] == rank1["stages"]
+    assert [s["density"] for s in rank0["stages"]] == pytest.approx([s["density"] for s in single["stages"]], abs=1e-6)
+    assert rank0["stages"][-1]["density"] == pytest.approx(0.3, abs=1e-4)
