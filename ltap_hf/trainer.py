@@ -11,6 +11,7 @@ moments of the step loop (see FIELD_NOTES.md for the order of Trainer's hooks):
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from accelerate.utils import broadcast
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
@@ -77,6 +79,13 @@ class LTAPConfig(TrainingArguments):
     ldam_max_margin: float = field(default=0.5, metadata=_help("Largest LDAM margin."))
     ldam_scale: float = field(default=30.0, metadata=_help("LDAM logit scale s."))
     drw_start: float = field(default=0.8, metadata=_help("Start of LDAM's deferred re-weighting (prune_schedule_unit)."))
+    lr_milestones: list[float] = field(
+        default_factory=list,
+        metadata=_help("Epochs at which the learning rate steps down (the CIFAR-LT recipe: 160 180); replaces lr_scheduler_type."),
+    )
+    lr_milestone_factors: list[float] = field(
+        default_factory=list, metadata=_help("Learning-rate multiplier from each milestone on (0.01 1e-4).")
+    )
     remove_unused_columns: bool = field(
         default=False, metadata=_help("Kept False: LT datasets build `pixel_values` on the fly with `with_transform`.")
     )
@@ -114,6 +123,11 @@ class LTAPConfig(TrainingArguments):
             raise ValueError(f"min_layer_density must be in [0, 1], got {self.min_layer_density}")
         if self.loss not in LOSS_NAMES:
             raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
+        if len(self.lr_milestones) != len(self.lr_milestone_factors) or sorted(self.lr_milestones) != self.lr_milestones:
+            raise ValueError(
+                f"lr_milestones must be increasing and match lr_milestone_factors one to one, got "
+                f"{self.lr_milestones} and {self.lr_milestone_factors}"
+            )
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = False
 
@@ -216,6 +230,23 @@ class LTAPTrainer(Trainer):
         else:
             loss = F.cross_entropy(logits, labels)
         return (loss, outputs) if return_outputs else loss
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Linear warm-up then step decays at `lr_milestones` when they are set; Trainer's scheduler otherwise."""
+        if not self.args.lr_milestones or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        steps_per_epoch = num_training_steps / self.args.num_train_epochs
+        milestones = [round(epoch * steps_per_epoch) for epoch in self.args.lr_milestones]
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        factors = [1.0, *self.args.lr_milestone_factors]
+
+        def multiplier(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return factors[bisect.bisect_right(milestones, step)]
+
+        self.lr_scheduler = LambdaLR(optimizer or self.optimizer, multiplier)
+        return self.lr_scheduler
 
     def _begin_pruning(self) -> None:
         args, state = self.args, self.state
