@@ -1,0 +1,22 @@
+"""CIFAR-10-LT: CIFAR-10 made long-tailed as in Cao et al. (2019)."""
+
+from __future__ import annotations
+
+from .cifar import CifarLTBuilder, cifar_configs
+
+
+CIFAR10_CLASS_NAMES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+
+
+class Cifar10LT(CifarLTBuilder):
+    """CIFAR-10-LT. Config ``ir100`` keeps 12,406 training images (5000 down to 50 per class)."""
+
+    BUILDER_CONFIGS = cifar_configs("uoft-cs/cifar10")
+    CLASS_NAMES = CIFAR10_CLASS_NAMES
+    SUMMARY = "CIFAR-10-LT: long-tailed CIFAR-10 train split (Cao et al. 2019), balanced validation and test."
+    PICKLE_FOLDER = "cifar-10-batches-py"
+    PICKLE_ARCHIVE = "cifar-10-python.tar.gz"
+    PICKLE_LABEL_KEY = b"labels"
+    PICKLE_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}

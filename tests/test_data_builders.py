@@ -1,0 +1,423 @@
+"""The `datasets` builders: CIFAR-LT on the real CIFAR-10 Parquet files and synthetic sources,
+digits-LT, ImageNet-LT and iNaturalist 2018 on the official split files, export to Parquet."""
+
+import hashlib
+import io
+import json
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import datasets
+import numpy as np
+import PIL.Image
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ltap_hf.data import (
+    class_counts,
+    export_parquet,
+    load_lt_dataset,
+    load_lt_dataset_builder,
+    long_tailed_counts,
+    read_lt_metadata,
+    select_long_tailed_indices,
+)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CIFAR10_DIR = SHARED_DATA / "cifar10"
+LT_SPLITS = SHARED_DATA / "lt_splits"
+needs_cifar10 = pytest.mark.skipif(
+    not (CIFAR10_DIR / "plain_text").is_dir(), reason=f"real CIFAR-10 Parquet files not found at {CIFAR10_DIR}"
+)
+needs_lt_splits = pytest.mark.skipif(not LT_SPLITS.is_dir(), reason=f"official split files not found at {LT_SPLITS}")
+CIFAR10_IR100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+
+
+def image_bytes(split: datasets.Dataset) -> list[bytes]:
+    return [item["bytes"] for item in split.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def image_paths(split: datasets.Dataset) -> list[str]:
+    return [item["path"] for item in split.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+# ---------------------------------------------------------------- real CIFAR-10 (Hub Parquet layout)
+
+
+@pytest.fixture(scope="module")
+def cifar10_ir100(tmp_path_factory):
+    cache_dir = tmp_path_factory.mktemp("cache")
+    builder = load_lt_dataset_builder("cifar10_lt", 100, data_dir=str(CIFAR10_DIR), cache_dir=str(cache_dir))
+    builder.download_and_prepare()
+    return builder, builder.as_dataset(), cache_dir
+
+
+@needs_cifar10
+def test_cifar10_lt_ir100_counts_and_metadata(cifar10_ir100):
+    _, ds, _ = cifar10_ir100
+    assert ds["train"].num_rows == 12406
+    assert class_counts(ds["train"]["label"][:], 10) == CIFAR10_IR100
+    assert ds["train"].features["label"].names[:2] == ["airplane", "automobile"]
+    metadata = read_lt_metadata(ds)
+    assert metadata["class_counts"]["train"] == CIFAR10_IR100
+    assert metadata["class_counts"]["test"] == [1000] * 10
+    # IR 100 keeps all 5,000 airplanes: none is left for validation, and the builder says so.
+    assert metadata["class_counts"]["validation"] == [0] + [20] * 9
+    assert metadata["validation_short_classes"] == {"0": 0}
+    assert (metadata["imbalance_ratio"], metadata["selection"], metadata["seed"]) == (100.0, "cao2019", 0)
+    assert metadata["groups"] == {"many": list(range(8)), "medium": [8, 9], "few": []}
+    assert len(metadata["fingerprint"]) == 64
+    assert json.loads(ds["validation"].info.description) == metadata
+
+
+@needs_cifar10
+def test_cifar10_lt_rows_are_the_selected_source_rows(cifar10_ir100):
+    builder, ds, _ = cifar10_ir100
+    source = {s: pq.read_table(CIFAR10_DIR / "plain_text" / f"{s}-00000-of-00001.parquet") for s in ("train", "test")}
+    row_of = {
+        split: {sha1(item["bytes"]): row for row, item in enumerate(table["img"].to_pylist())}
+        for split, table in source.items()
+    }
+    indices = builder.split_indices()
+    labels = source["train"]["label"].to_numpy()
+    assert indices["train"].tolist() == select_long_tailed_indices(labels, CIFAR10_IR100, seed=0).tolist()
+    for split, source_split in (("train", "train"), ("validation", "train"), ("test", "test")):
+        rows = [row_of[source_split][sha1(data)] for data in image_bytes(ds[split])]
+        assert rows == indices[split].tolist(), split
+    assert indices["test"].tolist() == list(range(10000))
+    assert not set(indices["train"].tolist()) & set(indices["validation"].tolist())
+    hashes = {split: {sha1(data) for data in image_bytes(ds[split])} for split in ds}
+    assert not hashes["train"] & hashes["validation"]
+    assert not hashes["train"] & hashes["test"]
+    assert not hashes["validation"] & hashes["test"]
+
+
+@needs_cifar10
+def test_cifar10_lt_fingerprint_reproducible_and_seed_sensitive(cifar10_ir100, tmp_path):
+    builder, ds, cache_dir = cifar10_ir100
+    fingerprint = read_lt_metadata(ds)["fingerprint"]
+    rebuilt = load_lt_dataset("cifar10_lt", 100, data_dir=str(CIFAR10_DIR), cache_dir=str(tmp_path / "a"))
+    assert read_lt_metadata(rebuilt)["fingerprint"] == fingerprint
+    assert image_bytes(rebuilt["train"])[:50] == image_bytes(ds["train"])[:50]
+    other = load_lt_dataset("cifar10_lt", 100, data_dir=str(CIFAR10_DIR), cache_dir=str(cache_dir), seed=1)
+    assert read_lt_metadata(other)["fingerprint"] != fingerprint
+    assert read_lt_metadata(other)["class_counts"]["train"] == CIFAR10_IR100
+    assert image_bytes(other["train"])[:50] != image_bytes(ds["train"])[:50]
+
+
+@needs_cifar10
+def test_cifar10_lt_through_the_hub_loader(cifar10_ir100, tmp_path):
+    """`hub_id` goes through `datasets.load_dataset`, which also takes a local folder: same rows."""
+    _, ds, _ = cifar10_ir100
+    hub = load_lt_dataset("cifar10_lt", 100, hub_id=str(CIFAR10_DIR), cache_dir=str(tmp_path))
+    assert read_lt_metadata(hub)["fingerprint"] == read_lt_metadata(ds)["fingerprint"]
+    assert read_lt_metadata(hub)["source"] == f"hub: {CIFAR10_DIR}"
+    assert image_bytes(hub["validation"]) == image_bytes(ds["validation"])
+
+
+@needs_cifar10
+def test_cifar10_lt_cached_build_is_reused(cifar10_ir100):
+    _, ds, cache_dir = cifar10_ir100
+    files = [Path(f["filename"]) for f in ds["train"].cache_files]
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = load_lt_dataset("cifar10_lt", imbalance_ratio=100, data_dir=str(CIFAR10_DIR), cache_dir=str(cache_dir))
+    assert [Path(f["filename"]) for f in again["train"].cache_files] == files
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    assert read_lt_metadata(again) == read_lt_metadata(ds)
+
+
+# ---------------------------------------------------------------- synthetic CIFAR sources
+
+
+def tiny_png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(np.full((2, 2, 3), value, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_hub_parquet(folder: Path, split: str, labels: np.ndarray, label_column: str) -> None:
+    """Hub-layout Parquet whose image `path` field names the source row, to trace rows."""
+    png = tiny_png(128)
+    images = [{"bytes": png, "path": f"{row}.png"} for row in range(len(labels))]
+    table = pa.table({"img": images, label_column: pa.array(labels, pa.int64())})
+    pq.write_table(table, folder / f"{split}-00000-of-00001.parquet")
+
+
+@pytest.mark.parametrize("imbalance_ratio, total", [(100, 10847), (50, 12608)])
+def test_cifar100_lt_on_synthetic_balanced_source(tmp_path, imbalance_ratio, total):
+    folder = tmp_path / "cifar100"
+    folder.mkdir()
+    train_labels = np.random.default_rng(0).permutation(np.repeat(np.arange(100), 500))
+    write_hub_parquet(folder, "train", train_labels, "fine_label")
+    write_hub_parquet(folder, "test", np.arange(100), "fine_label")
+    ds = load_lt_dataset("cifar100_lt", imbalance_ratio, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    assert ds["train"].num_rows == total
+    counts = long_tailed_counts(100, imbalance_ratio, 500)
+    rows = [int(Path(p).stem) for p in image_paths(ds["train"])]
+    assert rows == select_long_tailed_indices(train_labels, counts, seed=0).tolist()
+    assert ds["train"]["label"][:] == train_labels[rows].tolist()
+    assert read_lt_metadata(ds)["class_counts"]["validation"] == [0] + [20] * 99  # class 0 keeps all 500
+    assert ds["train"].info.config_name == f"ir{imbalance_ratio}"
+
+
+def write_cifar10_pickle_archive(path: Path, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The python release layout, small: 5 train batches and a test batch of random images."""
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat(np.arange(10), per_class))
+    images = rng.integers(0, 256, size=(len(labels), 32, 32, 3), dtype=np.uint8)
+    planes = images.transpose(0, 3, 1, 2).reshape(len(labels), 3072)  # red, green, blue planes
+    batches = {f"data_batch_{i + 1}": part for i, part in enumerate(np.array_split(np.arange(len(labels)), 5))}
+    batches["test_batch"] = np.arange(10)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, rows in batches.items():
+            data = pickle.dumps({b"data": planes[rows], b"labels": labels[rows].tolist()})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return images, labels
+
+
+def test_cifar10_lt_from_python_pickle_archive(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    images, labels = write_cifar10_pickle_archive(archive, per_class=12)
+    builder = load_lt_dataset_builder(
+        "cifar10_lt", imbalance_ratio=4, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), val_per_class=2
+    )
+    builder.download_and_prepare()
+    ds = builder.as_dataset()
+    indices = builder.split_indices()
+    assert class_counts(ds["train"]["label"][:], 10) == long_tailed_counts(10, 4, 12)
+    for split in ("train", "validation"):
+        built = np.stack([np.asarray(image) for image in ds[split]["image"]])
+        np.testing.assert_array_equal(built, images[indices[split]])
+    assert ds["test"].num_rows == 10
+    assert read_lt_metadata(ds)["source"].startswith("pickle: ")
+
+
+def test_cifar_missing_local_source_says_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_lt_dataset("cifar10_lt", data_dir=str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
+        load_lt_dataset("cifar10_lt", data_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
+
+
+# ---------------------------------------------------------------- digits-LT (embedded)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    builder = load_lt_dataset_builder("digits_lt", cache_dir=str(tmp_path_factory.mktemp("cache")))
+    builder.download_and_prepare()
+    return builder, builder.as_dataset()
+
+
+def test_digits_lt_default_splits(digits):
+    from sklearn.datasets import load_digits
+
+    builder, ds = digits
+    metadata = read_lt_metadata(ds)
+    assert metadata["class_counts"]["train"] == [110, 85, 65, 51, 39, 30, 23, 18, 14, 11]
+    assert metadata["class_counts"]["validation"] == [10] * 10
+    assert metadata["class_counts"]["test"] == [50] * 10
+    assert all(metadata["groups"][group] for group in ("many", "medium", "few"))
+    indices = {split: set(rows.tolist()) for split, rows in builder.split_indices().items()}
+    assert not indices["train"] & indices["validation"] and not indices["train"] & indices["test"]
+    assert not indices["validation"] & indices["test"]
+    source = load_digits()
+    rows = builder.split_indices()["train"]
+    expected = np.round(source.images[rows] * 255 / 16).astype(np.uint8)
+    built = np.stack([np.asarray(image) for image in ds["train"]["image"]])
+    np.testing.assert_array_equal(built, expected)
+    assert ds["train"]["label"][:] == source.target[rows].tolist()
+    assert ds["train"][0]["image"].mode == "L" and ds["train"][0]["image"].size == (8, 8)
+
+
+def test_digits_lt_config_changes_rebuild(tmp_path):
+    default = load_lt_dataset("digits_lt", cache_dir=str(tmp_path))
+    fewer = load_lt_dataset("digits_lt", cache_dir=str(tmp_path), val_per_class=3)
+    reseeded = load_lt_dataset("digits_lt", cache_dir=str(tmp_path), seed=5)
+    assert fewer["validation"].num_rows == 30 and default["validation"].num_rows == 100
+    assert read_lt_metadata(reseeded)["fingerprint"] != read_lt_metadata(default)["fingerprint"]
+    custom = load_lt_dataset("digits_lt", imbalance_ratio=5.5, cache_dir=str(tmp_path), selection="first")
+    assert read_lt_metadata(custom)["class_counts"]["train"] == long_tailed_counts(10, 5.5, 110)
+    assert custom["train"].info.config_name == "ir5.5"
+
+
+def test_export_parquet_round_trip(digits, tmp_path):
+    _, ds = digits
+    files = export_parquet(ds, tmp_path / "export")
+    assert sorted(files) == ["test", "train", "validation"]
+    loaded = datasets.load_dataset("parquet", data_dir=str(tmp_path / "export"), cache_dir=str(tmp_path / "cache"))
+    assert loaded["train"].features == ds["train"].features
+    assert loaded["train"]["label"][:] == ds["train"]["label"][:]
+    np.testing.assert_array_equal(np.asarray(loaded["test"][7]["image"]), np.asarray(ds["test"][7]["image"]))
+    exported_metadata = json.loads((tmp_path / "export" / "lt_metadata.json").read_text())
+    assert exported_metadata == read_lt_metadata(ds)
+
+
+# ---------------------------------------------------------------- bad input through the entry point
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"name": "cifar1000_lt"}, ValueError, "name must be one of"),
+        ({"name": "imagenet_lt", "imbalance_ratio": 100}, ValueError, "imbalance_ratio does not apply to imagenet_lt"),
+        ({"imbalance_ratio": 0.5}, ValueError, "imbalance_ratio must be >= 1"),
+        ({"imbalance_ratio": float("nan")}, ValueError, "imbalance_ratio must be a finite number"),
+        ({"imbalance_ratio": 1000}, ValueError, "leaves class 9 with 0 images"),
+        ({"n_max": 500}, ValueError, "n_max=500 is larger than the smallest source class"),
+        ({"seed": -1}, ValueError, "seed must be an integer"),
+        ({"val_per_class": -2}, ValueError, "val_per_class must be an integer >= 0"),
+        ({"test_per_class": 0}, ValueError, "test_per_class must be an integer >= 1"),
+        ({"profile": "linear"}, ValueError, "profile must be one of"),
+        ({"selection": "random"}, ValueError, "selection must be one of"),
+    ],
+)
+def test_bad_input_names_the_problem(tmp_path, kwargs, error, message):
+    arguments = {"name": "digits_lt", "cache_dir": str(tmp_path), **kwargs}
+    with pytest.raises(error, match=message):
+        load_lt_dataset(**arguments)
+
+
+# ---------------------------------------------------------------- ImageNet-LT and iNaturalist 2018
+
+
+def read_lines(name: str) -> list[str]:
+    return (LT_SPLITS / name).read_text().splitlines()
+
+
+def lines_of_classes(lines: list[str], per_class: dict[int, slice]) -> list[str]:
+    by_class: dict[int, list[str]] = {}
+    for line in lines:
+        by_class.setdefault(int(line.rsplit(maxsplit=1)[1]), []).append(line)
+    return [line for label, rows in per_class.items() for line in by_class[label][rows]]
+
+
+def write_images(root: Path, lines: list[str]) -> dict[str, int]:
+    """A tiny solid-colour JPEG at every listed path; returns path -> grey level."""
+    levels = {}
+    for number, line in enumerate(lines):
+        relative_path = line.rsplit(maxsplit=1)[0]
+        levels[relative_path] = (number * 37) % 200 + 20
+        (root / relative_path).parent.mkdir(parents=True, exist_ok=True)
+        PIL.Image.new("RGB", (6, 4), (levels[relative_path],) * 3).save(root / relative_path, format="JPEG")
+    return levels
+
+
+@pytest.fixture
+def imagenet_lt_files(tmp_path):
+    """Official lines: validation and test from the real files; the train file is not shipped in
+    shared/data, so train takes other lines of ImageNet_LT_val.txt (same format, ILSVRC train paths)."""
+    val, test = read_lines("ImageNet_LT_val.txt"), read_lines("ImageNet_LT_test.txt")
+    splits = {
+        "ImageNet_LT_train.txt": lines_of_classes(val, {0: slice(5, 20), 1: slice(5, 10), 2: slice(5, 7)}),
+        "ImageNet_LT_val.txt": lines_of_classes(val, {0: slice(0, 5), 1: slice(0, 5), 2: slice(0, 5)}),
+        "ImageNet_LT_test.txt": lines_of_classes(test, {c: slice(0, 4) for c in range(3)}),
+    }
+    root, split_dir = tmp_path / "ILSVRC", tmp_path / "splits"
+    root.mkdir()
+    split_dir.mkdir()
+    levels = {}
+    for name, lines in splits.items():
+        (split_dir / name).write_text("\n".join(lines) + "\n")
+        levels.update(write_images(root, lines))
+    return root, split_dir, splits, levels
+
+
+@needs_lt_splits
+def test_imagenet_lt_follows_the_split_files(imagenet_lt_files, tmp_path):
+    root, split_dir, splits, levels = imagenet_lt_files
+    ds = load_lt_dataset("imagenet_lt", data_dir=str(root), split_dir=str(split_dir), cache_dir=str(tmp_path / "c"))
+    for split, name in (("train", "train"), ("validation", "val"), ("test", "test")):
+        expected = [line.rsplit(maxsplit=1) for line in splits[f"ImageNet_LT_{name}.txt"]]
+        assert image_paths(ds[split]) == [str(root / path) for path, _ in expected]
+        assert ds[split]["label"][:] == [int(label) for _, label in expected]
+    first = ds["train"][0]
+    relative = splits["ImageNet_LT_train.txt"][0].rsplit(maxsplit=1)[0]
+    assert abs(int(np.asarray(first["image"]).mean()) - levels[relative]) <= 3
+    names = ds["train"].features["label"].names
+    assert len(names) == 1000 and names[0] == "n01440764" and names[999] == "999"
+    metadata = read_lt_metadata(ds)
+    assert metadata["class_counts"]["train"][:4] == [15, 5, 2, 0]
+    assert metadata["imbalance_ratio"] == 7.5 and metadata["selection"] == "official split files"
+    assert metadata["groups"]["few"][:3] == [0, 1, 2]
+
+
+@needs_lt_splits
+def test_imagenet_lt_export_embeds_images(imagenet_lt_files, tmp_path):
+    root, split_dir, _, _ = imagenet_lt_files
+    ds = load_lt_dataset("imagenet_lt", data_dir=str(root), split_dir=str(split_dir), cache_dir=str(tmp_path / "c"))
+    export_parquet(ds, tmp_path / "export")
+    shutil.rmtree(root)
+    loaded = datasets.load_dataset("parquet", data_dir=str(tmp_path / "export"), cache_dir=str(tmp_path / "c2"))
+    assert loaded["test"][0]["image"].size == (6, 4)
+    assert loaded["train"].features["label"].names[0] == "n01440764"
+
+
+@needs_lt_splits
+def test_imagenet_lt_missing_downloads_say_what_to_do(imagenet_lt_files, tmp_path):
+    root, split_dir, splits, _ = imagenet_lt_files
+    cache = str(tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match=r"no image root given(.|\n)*image-net.org"):
+        load_lt_dataset("imagenet_lt", cache_dir=cache)
+    with pytest.raises(FileNotFoundError, match=r"does not exist(.|\n)*ImageNet_LT_train.txt"):
+        load_lt_dataset("imagenet_lt", data_dir=str(tmp_path / "missing"), cache_dir=cache)
+    with pytest.raises(FileNotFoundError, match="no train split file"):
+        load_lt_dataset("imagenet_lt", data_dir=str(root), cache_dir=cache)
+    (root / splits["ImageNet_LT_test.txt"][3].rsplit(maxsplit=1)[0]).unlink()
+    with pytest.raises(FileNotFoundError, match="1 of 12 images listed in .*ImageNet_LT_test.txt are missing"):
+        load_lt_dataset("imagenet_lt", data_dir=str(root), split_dir=str(split_dir), cache_dir=cache)
+
+
+def write_coco_annotations(path: Path, lines: list[str]) -> None:
+    entries = [(file, int(label)) for file, label in (line.rsplit(maxsplit=1) for line in lines)]
+    labels = sorted({label for _, label in entries})
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1000 + i, "file_name": file} for i, (file, _) in enumerate(entries)],
+                "annotations": [{"image_id": 1000 + i, "category_id": label} for i, (_, label) in enumerate(entries)],
+                "categories": [{"id": label, "name": f"species {label}"} for label in labels],
+            }
+        )
+    )
+
+
+@needs_lt_splits
+@pytest.mark.parametrize("annotations", ["txt", "json"])
+def test_inaturalist2018_follows_the_split_files(tmp_path, annotations):
+    lines = read_lines("iNaturalist18_val.txt")[:30]
+    train, val = lines[:20], lines[20:]  # the train file is not in shared/data: other val lines stand in
+    root = tmp_path / "inat"
+    root.mkdir()
+    write_images(root, lines)
+    if annotations == "txt":
+        (root / "iNaturalist18_train.txt").write_text("\n".join(train) + "\n")
+        (root / "iNaturalist18_val.txt").write_text("\n".join(val) + "\n")
+    else:
+        write_coco_annotations(root / "train2018.json", train)
+        write_coco_annotations(root / "val2018.json", val)
+    ds = load_lt_dataset("inaturalist2018", data_dir=str(root), cache_dir=str(tmp_path / "c"))
+    for split, split_lines in (("train", train), ("validation", val), ("test", val)):
+        expected = [line.rsplit(maxsplit=1) for line in split_lines]
+        assert image_paths(ds[split]) == [str(root / path) for path, _ in expected]
+        assert ds[split]["label"][:] == [int(label) for _, label in expected]
+    names = ds["train"].features["label"].names
+    first_label = int(train[0].rsplit(maxsplit=1)[1])
+    assert len(names) == 8142
+    assert names[first_label] == (str(first_label) if annotations == "txt" else f"species {first_label}")
+    assert "test is the official validation set" in read_lt_metadata(ds)["notes"]
+
+
+def test_inaturalist2018_without_root_explains_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no image root given(.|\n)*train_val2018"):
+        load_lt_dataset("inaturalist2018", cache_dir=str(tmp_path))
