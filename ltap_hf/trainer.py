@@ -31,7 +31,7 @@ from transformers.utils import logging
 from .losses import LOSS_NAMES, build_loss
 from .metrics import long_tail_accuracy, make_compute_metrics
 from .pruning.criteria import CRITERIA, criterion_indices
-from .pruning.pruner import LTAPPruner
+from .pruning.pruner import GRANULARITIES, LTAPPruner
 from .pruning.schedule import cubic_density, stage_steps
 from .pruning.vote import CLASS_WEIGHTINGS, ClassVote
 
@@ -74,6 +74,9 @@ class LTAPConfig(TrainingArguments):
     )
     min_layer_density: float = field(default=0.02, metadata=_help("No prunable tensor keeps fewer than this fraction."))
     prune_classifier: bool = field(default=False, metadata=_help("Also prune the classifier head."))
+    channel_round_to: int = field(
+        default=1, metadata=_help("Channel pruning: keep every width a multiple of this (8 runs faster on CPU).")
+    )
     loss: str = field(default="balanced_softmax", metadata=_help(f"Training loss: {', '.join(LOSS_NAMES)}."))
     logit_adjustment_tau: float = field(default=1.0, metadata=_help("tau of the logit-adjusted loss."))
     ldam_max_margin: float = field(default=0.5, metadata=_help("Largest LDAM margin."))
@@ -96,8 +99,8 @@ class LTAPConfig(TrainingArguments):
             # sets up no distributed state and every process would silently train alone.
             self.use_cpu = True
         super().__post_init__()
-        if self.granularity not in ("weight", "channel"):
-            raise ValueError(f"granularity must be 'weight' or 'channel', got {self.granularity!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         if not 0 < self.target_density <= 1:
             raise ValueError(f"target_density must be in (0, 1], got {self.target_density}")
         if self.prune_schedule_unit not in ("fraction", "epoch"):
@@ -121,6 +124,8 @@ class LTAPConfig(TrainingArguments):
             raise ValueError(f"vote_class_weighting must be one of {CLASS_WEIGHTINGS}, got {self.vote_class_weighting!r}")
         if not 0 <= self.min_layer_density <= 1:
             raise ValueError(f"min_layer_density must be in [0, 1], got {self.min_layer_density}")
+        if self.channel_round_to < 1 or (self.channel_round_to > 1 and self.granularity != "channel"):
+            raise ValueError(f"channel_round_to must be >= 1, and > 1 only with granularity='channel', got {self.channel_round_to}")
         if self.loss not in LOSS_NAMES:
             raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
         if len(self.lr_milestones) != len(self.lr_milestone_factors) or sorted(self.lr_milestones) != self.lr_milestones:
@@ -258,8 +263,9 @@ class LTAPTrainer(Trainer):
                          temperature=args.vote_temperature, seed=args.seed, enabled=args.vote)
         decay = {id(p): group["weight_decay"] for group in self.optimizer.param_groups for p in group["params"]}
         weight_decay = {name: decay.get(id(p), 0.0) for name, p in model.named_parameters()}
-        self.pruner = LTAPPruner(model, vote, weight_decay=weight_decay, min_layer_density=args.min_layer_density,
-                                 prune_classifier=args.prune_classifier)
+        self.pruner = LTAPPruner(model, vote, granularity=args.granularity, weight_decay=weight_decay,
+                                 min_layer_density=args.min_layer_density, prune_classifier=args.prune_classifier,
+                                 round_to=args.channel_round_to)
         if self._resumed_state is not None:
             tensors, meta = self._resumed_state
             self._check_resumed_state(meta)
@@ -308,7 +314,7 @@ class LTAPTrainer(Trainer):
         if self.accelerator.num_processes > 1:
             # Every process computed the same masks from the same all-reduced gradients; the main
             # process's copy is made authoritative so no floating-point accident can split them.
-            masks = {n: m.to(torch.uint8) for n, m in self.pruner.masks.items()}
+            masks = {n: m.to(torch.uint8) for n, m in self.pruner.alive.items()}
             self.pruner.set_masks(broadcast(masks, from_process=0))
         logs = {"ltap/stage": stage, "ltap/target_density": target, "ltap/density": self.pruner.density}
         logs.update(result.vote.to_log_dict(self.pruner.vote.criteria))

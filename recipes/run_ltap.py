@@ -23,7 +23,6 @@ from transformers.utils import logging
 from ltap_hf import LTResNetConfig, LTResNetForImageClassification, model_cost
 from ltap_hf.data import DATASET_STATS, EvalTransform, TrainTransform, collate_fn, load_lt_dataset, read_lt_metadata
 from ltap_hf.models.image_processing import make_image_processor
-from ltap_hf.pruning import density_report
 from ltap_hf.trainer import LTAPConfig, LTAPTrainer
 
 
@@ -120,10 +119,12 @@ def main(argv: list[str]) -> dict:
     trainer.save_metrics("test", test_metrics)
 
     model = trainer.accelerator.unwrap_model(trainer.model)
-    density = density_report(model, trainer.pruner.masks)
+    density = trainer.pruner.density_report(model)
+    if training_args.granularity == "channel":
+        model = trainer.pruner.slimmed_model()
     cost = model_cost(model, input_size)
-    trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
+        model.save_pretrained(training_args.output_dir)
         make_image_processor(stats.image_size, stats.mean, stats.std).save_pretrained(training_args.output_dir)
         print(report(test_metrics, density, cost, base_cost))
     return {"test": test_metrics, "density": density, "cost": cost}

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback
 
-from ltap_hf import LTResNetConfig, LTResNetForImageClassification
+from ltap_hf import LTResNetConfig, LTResNetForImageClassification, model_cost
 from ltap_hf.pruning.schedule import cubic_density
 from ltap_hf.trainer import STATE_WEIGHTS_NAME, LTAPConfig, LTAPTrainer
 
@@ -134,3 +134,21 @@ def test_prune_end_past_training_is_rejected_at_train_time(tmp_path):
     trainer = _trainer(tmp_path, prune_schedule_unit="epoch", prune_start=2, prune_end=9)
     with pytest.raises(ValueError, match="prune_end"):
         trainer.train()
+
+
+def test_channel_ltap_run_hits_the_density_target_and_slims(tmp_path):
+    trainer = _trainer(tmp_path, granularity="channel", channel_round_to=1)
+    trainer.train()
+    stages = _stage_logs(trainer)
+    assert [log["step"] for log in stages] == [14, 22, 30, 38]
+    # Density counts prunable parameters; one channel removes a whole row and its consumers' columns,
+    # so the last stage lands at or just under the target.
+    assert 0.27 <= stages[-1]["ltap/density"] <= 0.30
+    model = trainer.model.eval()
+    slim = trainer.pruner.slimmed_model().eval()
+    pixels = torch.randn(4, 3, 8, 8)
+    assert torch.allclose(model(pixels).logits, slim(pixels).logits, atol=1e-5)
+    assert model_cost(slim, (3, 8, 8)).parameters < 0.45 * model_cost(model, (3, 8, 8)).parameters
+    slim.save_pretrained(tmp_path / "slim")
+    loaded = LTResNetForImageClassification.from_pretrained(tmp_path / "slim").eval()
+    assert torch.equal(loaded(pixels).logits, slim(pixels).logits)

@@ -2,13 +2,17 @@
 
 from .criteria import CRITERIA, ScoreAccumulator, combine_scores, criterion_indices, weight_criteria
 from .masks import apply_masks, density, density_report, full_masks, prunable_parameters, select_mask
-from .pruner import LTAPPruner, StageResult
+from .groups import ChannelGroup, find_channel_groups, group_density_report
+from .pruner import GRANULARITIES, LTAPPruner, StageResult
+from .slimming import slim_model
 from .schedule import cubic_density, stage_steps
 from .vote import CLASS_WEIGHTINGS, ClassVote, VoteResult, stage_generator
 
 
 __all__ = [
     "CLASS_WEIGHTINGS",
+    "GRANULARITIES",
+    "ChannelGroup",
     "CRITERIA",
     "ClassVote",
     "LTAPPruner",
@@ -21,9 +25,12 @@ __all__ = [
     "cubic_density",
     "density",
     "density_report",
+    "find_channel_groups",
+    "group_density_report",
     "full_masks",
     "prunable_parameters",
     "select_mask",
+    "slim_model",
     "stage_generator",
     "stage_steps",
     "weight_criteria",

@@ -5,6 +5,9 @@ It ties the pieces of this package together, still with no Trainer, no Accelerat
 - `apply_masks()` after every optimizer step, so pruned weights stay exactly zero;
 - `prune_stage(...)` at every pruning stage: vote, score, rank, shrink the masks.
 Its whole state is a flat dict of tensors (`state_dict`), ready for safetensors.
+
+What a unit is (a weight, or a channel of a coupled group) is the business of a small `units`
+object; the vote, the normalisation and combination of the criteria, and the bookkeeping are shared.
 """
 
 from __future__ import annotations
@@ -16,8 +19,86 @@ import torch
 from torch import nn
 
 from .criteria import ScoreAccumulator, combine_scores, weight_criteria
-from .masks import apply_masks, density, full_masks, prunable_parameters, select_mask
+from .groups import (
+    GroupScoreAccumulator,
+    apply_group_masks,
+    find_channel_groups,
+    full_group_masks,
+    group_density_report,
+    group_criteria,
+    group_parameters,
+    parameter_density,
+    select_channel_groups,
+)
+from .masks import apply_masks, density, density_report, full_masks, prunable_parameters, select_mask
+from .slimming import slim_model
 from .vote import ClassVote, VoteResult
+
+
+GRANULARITIES = ("weight", "channel")
+
+
+class WeightUnits:
+    """One unit per scalar weight of the prunable tensors; a unit mask is the tensor's own mask."""
+
+    def __init__(self, model: nn.Module, prune_classifier: bool, round_to: int = 1):
+        if round_to != 1:
+            raise ValueError(f"round_to applies to channel pruning only, got round_to={round_to} with weights")
+        self.parameters = prunable_parameters(model, prune_classifier=prune_classifier)
+
+    def full_masks(self) -> dict[str, torch.Tensor]:
+        return full_masks(self.parameters)
+
+    def accumulator(self) -> ScoreAccumulator:
+        return ScoreAccumulator(self.parameters)
+
+    def criteria(self, grad_mean: dict, taylor2_mean: dict) -> dict[str, torch.Tensor]:
+        return {n: weight_criteria(w, grad_mean[n], taylor2_mean[n]) for n, w in self.parameters.items()}
+
+    def select(self, scores: dict, alive: dict, target_density: float, floor: float) -> dict[str, torch.Tensor]:
+        return select_mask(scores, alive, target_density, floor)
+
+    def tensor_masks(self, alive: dict) -> dict[str, torch.Tensor]:
+        return alive
+
+    def density(self, alive: dict) -> float:
+        return density(alive)
+
+    def report(self, model: nn.Module, alive: dict) -> dict:
+        return density_report(model, alive)
+
+
+class ChannelUnits:
+    """One unit per channel of a coupled channel group (`find_channel_groups`); density counts parameters."""
+
+    def __init__(self, model: nn.Module, prune_classifier: bool, round_to: int = 1):
+        self.model = model
+        self.groups = find_channel_groups(model)
+        self.parameters = group_parameters(model, self.groups)
+        self.counted = prunable_parameters(model, prune_classifier=prune_classifier)
+        self.round_to = round_to
+
+    def full_masks(self) -> dict[str, torch.Tensor]:
+        return full_group_masks(self.groups, device=next(iter(self.parameters.values())).device)
+
+    def accumulator(self) -> ScoreAccumulator:
+        return GroupScoreAccumulator(self.groups, self.parameters)
+
+    def criteria(self, grad_mean: dict, taylor2_mean: dict) -> dict[str, torch.Tensor]:
+        return group_criteria(self.groups, self.parameters, grad_mean, taylor2_mean)
+
+    def select(self, scores: dict, alive: dict, target_density: float, floor: float) -> dict[str, torch.Tensor]:
+        return select_channel_groups(self.groups, scores, alive, target_density, self.counted, floor, self.round_to)
+
+    def tensor_masks(self, alive: dict) -> dict[str, torch.Tensor]:
+        # Also stops parameter-free shortcuts from copying into or out of pruned channels.
+        return apply_group_masks(self.model, self.groups, alive)
+
+    def density(self, alive: dict) -> float:
+        return parameter_density(self.groups, alive, self.counted)
+
+    def report(self, model: nn.Module, alive: dict) -> dict:
+        return group_density_report(model, self.groups, alive)
 
 
 @dataclass(frozen=True)
@@ -30,26 +111,36 @@ class StageResult:
 
 
 class LTAPPruner:
-    """Weight-granularity LTAP state of a model: masks, score accumulator and class vote.
+    """LTAP state of a model: unit masks, score accumulator and class vote.
 
     Args:
-        model: the (unwrapped) model; its prunable tensors are found with `prunable_parameters`.
+        model: the (unwrapped) model.
         vote: the class vote (its criteria are the criteria in use).
-        weight_decay: coupled weight decay applied by the optimizer, per prunable tensor name or one
-            value for all; ALGORITHM.md counts its term `λw` as part of the gradient.
-        min_layer_density: per-tensor floor of `select_mask`.
+        granularity: "weight" (a unit is one weight of a prunable tensor) or "channel" (a unit is one
+            channel of a coupled group; `target_density` then counts the parameters it removes).
+        weight_decay: coupled weight decay applied by the optimizer, per parameter name or one value for
+            all; ALGORITHM.md counts its term `λw` as part of the gradient.
+        min_layer_density: per-tensor (weight) or per-group (channel) floor of the selection.
         prune_classifier: whether the classifier head is prunable.
+        round_to: channel granularity only: keep every group's width a multiple of this.
     """
 
     def __init__(
         self,
         model: nn.Module,
         vote: ClassVote,
+        granularity: str = "weight",
         weight_decay: float | Mapping[str, float] = 0.0,
         min_layer_density: float = 0.02,
         prune_classifier: bool = False,
+        round_to: int = 1,
     ) -> None:
-        self.parameters = prunable_parameters(model, prune_classifier=prune_classifier)
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        units_class = WeightUnits if granularity == "weight" else ChannelUnits
+        self.granularity = granularity
+        self.units = units_class(model, prune_classifier, round_to)
+        self.parameters = self.units.parameters
         if not self.parameters:
             raise ValueError(f"{type(model).__name__} has no prunable Conv2d/Linear weight")
         self.vote = vote
@@ -58,13 +149,14 @@ class LTAPPruner:
             self.weight_decay = {name: float(weight_decay.get(name, 0.0)) for name in self.parameters}
         else:
             self.weight_decay = dict.fromkeys(self.parameters, float(weight_decay))
-        self.masks = full_masks(self.parameters)
-        self.accumulator = ScoreAccumulator(self.parameters)
+        self.alive = self.units.full_masks()
+        self.masks = self.units.tensor_masks(self.alive)
+        self.accumulator = self.units.accumulator()
 
     @property
     def density(self) -> float:
-        """Fraction of prunable weights alive."""
-        return density(self.masks)
+        """Fraction of prunable parameters alive."""
+        return self.units.density(self.alive)
 
     @torch.no_grad()
     def accumulate(self) -> None:
@@ -82,13 +174,13 @@ class LTAPPruner:
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Sets every pruned weight back to exactly +0.0."""
+        """Sets every pruned parameter back to exactly +0.0."""
         apply_masks(self.parameters, self.masks)
 
     @torch.no_grad()
     def prune_stage(self, class_accuracy: torch.Tensor, has_validation: torch.Tensor, target_density: float) -> StageResult:
         """One LTAP stage: vote on the criteria from per-class validation accuracy, then prune the
-        lowest combined scores until `target_density` of the prunable weights are alive.
+        lowest combined scores until `target_density` of the prunable parameters are alive.
 
         Args:
             class_accuracy: float [C], per-class validation accuracy gathered over all processes.
@@ -96,47 +188,59 @@ class LTAPPruner:
             target_density: density to reach (from the schedule).
         """
         vote = self.vote.step(class_accuracy, has_validation)
-        mean_grad, taylor2 = self.accumulator.mean_grad(), self.accumulator.taylor2_mean()
-        criteria = {n: weight_criteria(w, mean_grad[n], taylor2[n]) for n, w in self.parameters.items()}
-        scores = combine_scores(criteria, self.masks, vote.alpha, criteria=self.vote.criteria)
-        self.masks = select_mask(scores, self.masks, target_density, self.min_layer_density)
-        self.apply_masks()
+        criteria = self.units.criteria(self.accumulator.mean_grad(), self.accumulator.taylor2_mean())
+        scores = combine_scores(criteria, self.alive, vote.alpha, criteria=self.vote.criteria)
+        self.set_masks(self.units.select(scores, self.alive, target_density, self.min_layer_density))
         self.accumulator.reset()
         return StageResult(vote=vote, target_density=target_density, density=self.density)
 
-    def set_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
-        """Replaces the masks (e.g. by the main process's copy) and applies them."""
-        if set(masks) != set(self.parameters):
-            raise ValueError(f"masks must cover exactly the prunable tensors {sorted(self.parameters)}")
-        self.masks = {n: masks[n].to(dtype=torch.bool, device=p.device) for n, p in self.parameters.items()}
+    def set_masks(self, alive: Mapping[str, torch.Tensor]) -> None:
+        """Replaces the unit masks (e.g. by the main process's copy) and applies them."""
+        if set(alive) != set(self.alive):
+            raise ValueError(f"masks must cover exactly the units {sorted(self.alive)}, got {sorted(alive)}")
+        for name, mask in alive.items():
+            if mask.shape != self.alive[name].shape:
+                raise ValueError(
+                    f"mask {name!r} has shape {tuple(mask.shape)}, expected {tuple(self.alive[name].shape)}: "
+                    "the masks belong to another model"
+                )
+        self.alive = {n: alive[n].to(dtype=torch.bool, device=m.device) for n, m in self.alive.items()}
+        self.masks = self.units.tensor_masks(self.alive)
         self.apply_masks()
 
+    def density_report(self, model: nn.Module) -> dict:
+        """Densities over prunable and over all parameters, and per tensor (weight) or group (channel)."""
+        return self.units.report(model, self.alive)
+
+    def slimmed_model(self) -> nn.Module:
+        """Channel granularity: the model with its pruned channels removed (see `slim_model`)."""
+        if self.granularity != "channel":
+            raise ValueError("slimming removes channels: it needs granularity='channel'")
+        return slim_model(self.units.model, self.units.groups, self.alive)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Masks (as uint8), vote and accumulator state, with `mask.`, `vote.`, `scores.` prefixes."""
-        state = {f"mask.{n}": m.to(torch.uint8) for n, m in self.masks.items()}
+        """Unit masks (as uint8), vote and accumulator state, with `mask.`, `vote.`, `scores.` prefixes."""
+        state = {f"mask.{n}": m.to(torch.uint8) for n, m in self.alive.items()}
         state.update({f"vote.{k}": v for k, v in self.vote.state_dict().items()})
         state.update({f"scores.{k}": v for k, v in self.accumulator.state_dict().items()})
         return state
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restores what `state_dict` wrote; a state of another model raises a `ValueError`."""
+        """Restores what `state_dict` wrote; a state of another model raises a `ValueError` before
+        anything is changed."""
         parts: dict[str, dict[str, torch.Tensor]] = {"mask": {}, "vote": {}, "scores": {}}
         for key, value in state.items():
             prefix, _, rest = key.partition(".")
             if prefix not in parts:
                 raise ValueError(f"unexpected key {key!r} in the pruning state")
             parts[prefix][rest] = value
-        if set(parts["mask"]) != set(self.parameters):
+        if set(parts["mask"]) != set(self.alive) or any(
+            m.shape != self.alive[n].shape for n, m in parts["mask"].items()
+        ):
             raise ValueError(
-                f"the pruning state's masks name {sorted(parts['mask'])}, the model's prunable tensors are "
-                f"{sorted(self.parameters)}: the state belongs to another model"
+                f"the pruning state's masks ({sorted(parts['mask'])}) do not fit this model's {self.granularity} "
+                "units: the state belongs to another model or granularity"
             )
-        for name, mask in parts["mask"].items():
-            if mask.shape != self.parameters[name].shape:
-                raise ValueError(
-                    f"pruning state mask {name!r} has shape {tuple(mask.shape)}, the model's tensor "
-                    f"{tuple(self.parameters[name].shape)}: the state belongs to another model"
-                )
         self.vote.load_state_dict(parts["vote"])
         self.accumulator.load_state_dict(parts["scores"])
         self.set_masks(parts["mask"])

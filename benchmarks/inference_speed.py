@@ -1,0 +1,141 @@
+"""CPU inference latency and multiply-adds of ResNet-32: dense, weight-pruned, and channel-pruned + slimmed.
+
+    python benchmarks/inference_speed.py [--repeats 5] [--rounds 3] [--threads 1] [--target-density 0.3]
+
+Networks of the same initialisation (CIFAR-100 shape, eval mode):
+- dense ResNet-32;
+- weight-pruned: the lowest-|w| weights of the prunable tensors zeroed to `--target-density` (global
+  ranking). Dense kernels still compute the zeros, so it runs at the dense speed;
+- channel-pruned + slimmed: channels ranked globally, pruned until the prunable *parameters* are at
+  `--target-density`, then physically removed; with and without widths rounded to multiples of 8.
+  Which widths a criterion leaves depends on trained weights, which this benchmark does not have, so
+  two rankings bracket it: the group `magnitude` (at initialisation it keeps the residual streams,
+  whose groups have many slices, and prunes only block-internal channels) and uniformly random
+  scores (every layer loses about the same share, as when all criteria agree on no layer).
+
+Latency: median over `--rounds` x `--repeats` timed forward passes at batch 1 and 128 under
+`torch.inference_mode()`, the networks taking turns each round so that drifts of the machine hit all
+of them; two warm-up passes first. One thread by default: two threads on a 2-core machine were too
+noisy to rank the variants. MACs are per image, by `ltap_hf.cost.model_cost` (dense kernels compute
+every weight; "nonzero" leaves out the zeros a sparse kernel could skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from ltap_hf import LTResNetConfig, LTResNetForImageClassification, model_cost
+from ltap_hf.pruning import apply_masks, combine_scores, prunable_parameters, select_mask
+from ltap_hf.pruning.groups import (
+    apply_group_masks,
+    find_channel_groups,
+    full_group_masks,
+    group_criteria,
+    group_parameters,
+    parameter_density,
+    select_channel_groups,
+)
+from ltap_hf.pruning.slimming import slim_model
+
+
+INPUT_SIZE = (3, 32, 32)
+
+
+def dense_resnet32(seed: int) -> LTResNetForImageClassification:
+    torch.manual_seed(seed)
+    return LTResNetForImageClassification(LTResNetConfig.from_preset("resnet32", num_labels=100)).eval()
+
+
+@torch.no_grad()
+def weight_pruned(model: nn.Module, density: float) -> tuple[nn.Module, float]:
+    parameters = prunable_parameters(model)
+    alive = {n: torch.ones_like(p, dtype=torch.bool) for n, p in parameters.items()}
+    masks = select_mask({n: p.abs() for n, p in parameters.items()}, alive, density, min_layer_density=0.02)
+    apply_masks(parameters, masks)
+    return model, sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+
+
+def channel_pruned_and_slimmed(model: nn.Module, density: float, ranking: str, round_to: int) -> tuple[nn.Module, float]:
+    groups = find_channel_groups(model)
+    alive = full_group_masks(groups)
+    if ranking == "random":
+        generator = torch.Generator().manual_seed(0)
+        scores = {g.name: torch.rand(g.num_channels, generator=generator) for g in groups}
+    else:
+        parameters = group_parameters(model, groups)
+        no_gradient = {n: torch.zeros_like(p) for n, p in parameters.items()}
+        no_taylor = {g.name: torch.zeros(g.num_channels) for g in groups}
+        criteria = group_criteria(groups, parameters, no_gradient, no_taylor)
+        scores = combine_scores(criteria, alive, torch.ones(1), criteria=[ranking])
+    prunable = prunable_parameters(model)
+    alive = select_channel_groups(groups, scores, alive, density, prunable, round_to=round_to)
+    apply_group_masks(model, groups, alive)
+    return slim_model(model, groups, alive), parameter_density(groups, alive, prunable)
+
+
+@torch.inference_mode()
+def median_latencies(models: dict[str, nn.Module], batch_size: int, rounds: int, repeats: int) -> dict[str, float]:
+    pixels = torch.randn(batch_size, *INPUT_SIZE)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for name, model in models.items():
+        for _ in range(2):
+            model(pixels)
+    for _ in range(rounds):
+        for name, model in models.items():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(pixels)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(samples) for name, samples in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per network and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds in which the networks take turns")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--target-density", type=float, default=0.3, help="fraction of prunable weights kept")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    variants = {
+        "dense": (dense_resnet32(args.seed), 1.0),
+        "weight-pruned (zeros)": weight_pruned(dense_resnet32(args.seed), args.target_density),
+    }
+    for ranking in ("magnitude", "random"):
+        for round_to in (1, 8):
+            name = f"channel, {ranking} ranking, slimmed" + (", widths x8" if round_to > 1 else "")
+            variants[name] = channel_pruned_and_slimmed(dense_resnet32(args.seed), args.target_density, ranking, round_to)
+            config = variants[name][0].config
+            print(f"{name}: hidden_sizes={config.hidden_sizes}, first-conv widths="
+                  f"{[[block[0] for block in stage] for stage in config.block_widths]}")
+    models = {name: model for name, (model, _) in variants.items()}
+    latency_1 = median_latencies(models, 1, args.rounds, args.repeats)
+    latency_128 = median_latencies(models, 128, args.rounds, args.repeats)
+
+    dense_cost = model_cost(models["dense"], INPUT_SIZE)
+    print(f"\nResNet-32 (CIFAR-100 head), CPU, {args.threads} thread(s), median of {args.rounds}x{args.repeats}; "
+          "ratios to dense\n")
+    header = ("model", "prunable density", "params (nonzero)", "MACs (dense kernel)", "MACs nonzero",
+              "batch 1 ms", "x dense", "batch 128 ms", "x dense")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name, (model, density) in variants.items():
+        cost = model_cost(model, INPUT_SIZE)
+        print(
+            f"| {name} | {density:.3f} | {cost.parameters_nonzero:,} | {cost.macs / 1e6:.1f}M "
+            f"({cost.macs / dense_cost.macs:.2f}x) | {cost.macs_nonzero / 1e6:.1f}M "
+            f"({cost.macs_nonzero / dense_cost.macs:.2f}x) | {latency_1[name] * 1e3:.2f} | "
+            f"{latency_1[name] / latency_1['dense']:.2f} | {latency_128[name] * 1e3:.1f} | "
+            f"{latency_128[name] / latency_128['dense']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
