@@ -22,7 +22,9 @@ setup(
         "pyyaml>=6.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7", "torch-pruning>=1.6"],
         "demo": ["scikit-learn>=1.3", "matplotlib>=3.7"],
+        # channel groups of backbones other than the ResNets, traced by Torch-Pruning's dependency graph
+        "channel": ["torch-pruning>=1.6"],
     },
 )
