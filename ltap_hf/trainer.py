@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
+from .hub import render_model_card, save_sparse_pretrained
 from .losses import LOSS_NAMES, build_loss
 from .metrics import long_tail_accuracy, make_compute_metrics
 from .pruning.criteria import CRITERIA, criterion_indices
@@ -222,6 +223,7 @@ class LTAPTrainer(Trainer):
         self._accumulate_from = 0
         self._loss_fn = None
         self._resumed_state: tuple[dict, dict] | None = None
+        self.card_report = None
         self.add_callback(_LTAPCallback(self))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -321,6 +323,46 @@ class LTAPTrainer(Trainer):
         logs.update({f"ltap/val_{k}": metrics[k] for k in ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy")})
         logger.info(f"LTAP stage {stage}: density {self.pruner.density:.4f}, suppressed {result.vote.suppressed_name}")
         self.log(logs)
+
+    def final_alpha(self) -> dict[str, float]:
+        """Criterion name -> α of the last vote, read from the logs (equal weights before any vote)."""
+        criteria = self.pruner.vote.criteria
+        votes = [log for log in self.state.log_history if "ltap/density" in log]
+        if not votes:
+            return dict.fromkeys(criteria, 1 / len(criteria))
+        return {name: votes[-1][f"ltap/alpha/{name}"] for name in criteria}
+
+    def final_model(self):
+        """The trained model as it is published: slimmed for channel granularity (when its config can hold
+        per-layer widths), otherwise the model with its pruned weights at zero."""
+        model = self.accelerator.unwrap_model(self.model)
+        return self.pruner.slimmed_model() if self.args.granularity == "channel" else model
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Checkpoints written during training stay dense (Trainer's resume reads `model.safetensors`); the
+        final model (and what `push_to_hub` uploads) is compact: a slimmed model, or the sparse format."""
+        if self.pruner is None or (_internal_call and output_dir is not None):
+            return super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        model = self.final_model()
+        if model is not self.accelerator.unwrap_model(self.model):
+            model.save_pretrained(output_dir)
+        else:
+            if self.args.granularity == "channel":
+                logger.warning(f"{type(model).__name__} cannot be slimmed: saving it masked, in the sparse format")
+            save_sparse_pretrained(model, output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+    def create_model_card(self, *args, **kwargs):
+        """With `card_report` set (a `ltap_hf.hub.PruningReport`), the LTAP card with per-class results and
+        its plots; otherwise Trainer's card."""
+        if self.card_report is None:
+            return super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            render_model_card(self.card_report, self.args.output_dir, repo_id=self.hub_model_id)
 
     def _save_checkpoint(self, model, trial):
         # Written before Trainer's own files: a checkpoint whose trainer_state.json exists is complete.

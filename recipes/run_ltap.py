@@ -21,7 +21,9 @@ from transformers import AutoModelForImageClassification, HfArgumentParser, set_
 from transformers.utils import logging
 
 from ltap_hf import LTResNetConfig, LTResNetForImageClassification, model_cost
+from ltap_hf.hub import PruningReport
 from ltap_hf.data import DATASET_STATS, EvalTransform, TrainTransform, collate_fn, load_lt_dataset, read_lt_metadata
+from ltap_hf.metrics import long_tail_accuracy
 from ltap_hf.models.image_processing import make_image_processor
 from ltap_hf.trainer import LTAPConfig, LTAPTrainer
 
@@ -114,20 +116,38 @@ def main(argv: list[str]) -> dict:
     trainer = LTAPTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
                           class_counts=class_counts, data_collator=collate_fn)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    test_metrics = trainer.evaluate(test, metric_key_prefix="test")
+    prediction = trainer.predict(test, metric_key_prefix="test")
+    test_metrics = prediction.metrics
     trainer.log_metrics("test", test_metrics)
     trainer.save_metrics("test", test_metrics)
+    accuracy = long_tail_accuracy(prediction.predictions, prediction.label_ids, class_counts)
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    density = trainer.pruner.density_report(model)
-    if training_args.granularity == "channel":
-        model = trainer.pruner.slimmed_model()
+    density = trainer.pruner.density_report(trainer.accelerator.unwrap_model(trainer.model))
+    model = trainer.final_model()
     cost = model_cost(model, input_size)
+    trainer.processing_class = make_image_processor(stats.image_size, stats.mean, stats.std)
+    trainer.card_report = PruningReport(
+        model_name=Path(training_args.output_dir).name,
+        architecture=model_args.model_name_or_path or f"an LTResNet ({model_args.model_preset})",
+        model_type=model.config.model_type,
+        dataset_id=data_args.dataset_name,
+        dataset_name=f"{data_args.dataset_name} (imbalance ratio {metadata.get('imbalance_ratio', 'official split')})",
+        class_names=class_names,
+        train_class_counts=class_counts,
+        pruned_accuracy=accuracy,
+        density=density,
+        cost=cost,
+        ltap_settings=training_args.ltap_settings(),
+        final_alpha=trainer.final_alpha(),
+    )
+    trainer.save_model(training_args.output_dir)
+    trainer.create_model_card()
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
     if trainer.is_world_process_zero():
-        model.save_pretrained(training_args.output_dir)
-        make_image_processor(stats.image_size, stats.mean, stats.std).save_pretrained(training_args.output_dir)
         print(report(test_metrics, density, cost, base_cost))
-    return {"test": test_metrics, "density": density, "cost": cost}
+    return {"test": test_metrics, "per_class_accuracy": accuracy["per_class_accuracy"], "class_counts": class_counts,
+            "class_names": class_names, "density": density, "cost": cost, "base_cost": base_cost}
 
 
 if __name__ == "__main__":

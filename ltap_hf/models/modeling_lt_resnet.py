@@ -1,12 +1,15 @@
 """PyTorch long-tail ResNets: CIFAR ResNet-20..110 and ImageNet ResNet-18..152, with per-layer widths.
 
-This file imports only torch and transformers (and its sibling modules) so that a saved folder loads
-with `trust_remote_code=True` in an environment without `ltap_hf`.
+This file imports only torch, transformers and its flat sibling modules (imported as `from .name import`,
+which `save_pretrained` copies next to it) so that a saved folder loads with `trust_remote_code=True`
+in an environment without `ltap_hf`. That includes sparse checkpoints: `from_pretrained` decodes them.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +18,57 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutput
+from transformers.utils import cached_file
 
 from .configuration_lt_resnet import LTResNetConfig
+from .sparse_safetensors import (
+    CONFIG_NAME,
+    SPARSE_WEIGHTS_NAME,
+    check_complete_load,
+    has_sparse_tensors,
+    load_sparse_file,
+    read_sparse_record,
+    save_sparse_folder,
+)
+
+
+# The keyword arguments of `from_pretrained` that say where and how to fetch a checkpoint's files.
+DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+
+
+def from_pretrained_decoding_sparse(
+    from_pretrained: Callable[..., PreTrainedModel],
+    pretrained_model_name_or_path: str | os.PathLike | None,
+    *model_args,
+    **kwargs,
+) -> PreTrainedModel | tuple[PreTrainedModel, dict]:
+    """Runs a concrete class's `from_pretrained`, first decoding the checkpoint if it is a sparse one.
+
+    A dense checkpoint (no `sparse_format` record in its `config.json`) goes to `from_pretrained` with
+    the arguments unchanged. A sparse one is fetched (folder or Hub repo, honouring `cache_dir`,
+    `revision`, `token`, `local_files_only` ...), decoded and checked in full, then handed over as
+    `state_dict=`; a key the model lacks or a weight the file lacks raises instead of being
+    re-initialised. The model's `config.name_or_path` is the checkpoint's, as for a dense load.
+    """
+    if pretrained_model_name_or_path is None or kwargs.get("state_dict") is not None or kwargs.get("gguf_file"):
+        return from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+    download_kwargs = {name: kwargs[name] for name in DOWNLOAD_KWARGS if name in kwargs}
+    config_file = cached_file(
+        pretrained_model_name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **download_kwargs
+    )
+    if read_sparse_record(config_file) is None:
+        return from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+    weights_file = cached_file(pretrained_model_name_or_path, SPARSE_WEIGHTS_NAME, **download_kwargs)
+    state_dict = load_sparse_file(weights_file)
+    kwargs.setdefault("config", pretrained_model_name_or_path)
+    output_loading_info = kwargs.pop("output_loading_info", False)
+    model, loading_info = from_pretrained(None, *model_args, state_dict=state_dict, output_loading_info=True, **kwargs)
+    check_complete_load(loading_info, str(pretrained_model_name_or_path))
+    model.config.name_or_path = str(pretrained_model_name_or_path)
+    # The record describes the file, not the model: a later dense save must not carry it.
+    if hasattr(model.config, "sparse_format"):
+        del model.config.sparse_format
+    return (model, loading_info) if output_loading_info else model
 
 
 class LTResNetConvLayer(nn.Module):
@@ -167,6 +219,60 @@ class LTResNetPreTrainedModel(PreTrainedModel):
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, which also loads sparse checkpoints (see `save_pretrained`)
+        bit-identically, with no extra argument."""
+        return from_pretrained_decoding_sparse(
+            super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs
+        )
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: dict | None = None,
+        *,
+        sparse: bool | None = False,
+        **kwargs,
+    ) -> None:
+        """`PreTrainedModel.save_pretrained`, optionally writing a sparse checkpoint.
+
+        Args:
+            sparse: `False` (default) writes the usual `model.safetensors`, which Trainer checkpoints,
+                resuming and `load_best_model_at_end` read. `True` writes the sparse-bitmask format
+                (`sparse_model.safetensors` and a `sparse_format` record in `config.json`, see
+                `sparse_safetensors`), atomically. `None` writes it when at least one weight is sparse
+                enough for it to save bytes, i.e. for a pruned model (what `push_to_hub` does).
+            is_main_process, state_dict, **kwargs: as for `PreTrainedModel.save_pretrained`; a sparse save
+                cannot be combined with `push_to_hub=True` (call `push_to_hub`).
+        """
+        sparse = getattr(self, "_push_sparse", sparse)
+        if sparse is None:
+            sparse = has_sparse_tensors(state_dict if state_dict is not None else self.state_dict())
+        save_dense = super().save_pretrained
+        if not sparse or not is_main_process:
+            return save_dense(save_directory, is_main_process, state_dict, **kwargs)
+        if kwargs.get("push_to_hub"):
+            raise ValueError(
+                "save_pretrained(push_to_hub=True) cannot publish a sparse checkpoint; call "
+                "model.push_to_hub(repo_id) or pass sparse=False"
+            )
+        save_sparse_folder(lambda folder: save_dense(folder, True, state_dict, **kwargs), save_directory)
+
+    def push_to_hub(self, *args, sparse: bool | None = None, **kwargs) -> str:
+        """`PreTrainedModel.push_to_hub`, publishing a pruned model as a sparse checkpoint.
+
+        Args:
+            sparse: as for `save_pretrained`, but defaults to `None`: sparse when the weights are.
+        """
+        # transformers' push_to_hub calls save_pretrained(tmp_dir) with no way to pass `sparse`.
+        self._push_sparse = sparse
+        try:
+            return super().push_to_hub(*args, **kwargs)
+        finally:
+            del self._push_sparse
 
 
 class LTResNetModel(LTResNetPreTrainedModel):

@@ -27,6 +27,7 @@ from .groups import (
     group_density_report,
     group_criteria,
     group_parameters,
+    group_tensor_masks,
     parameter_density,
     select_channel_groups,
 )
@@ -98,7 +99,10 @@ class ChannelUnits:
         return parameter_density(self.groups, alive, self.counted)
 
     def report(self, model: nn.Module, alive: dict) -> dict:
-        return group_density_report(model, self.groups, alive)
+        report = group_density_report(model, self.groups, alive)
+        masks = group_tensor_masks(model, self.groups, alive)
+        report["per_tensor"] = {n: float(masks[n].float().mean()) if n in masks else 1.0 for n in self.counted}
+        return report
 
 
 @dataclass(frozen=True)
