@@ -58,9 +58,11 @@ def run(ltap: bool, steps: int, batch_size: int, output_dir: str) -> tuple[dict[
     if ltap:
         args = LTAPConfig(**common, prune_start=0.05, prune_end=1.0, prune_interval=0.25, target_density=0.3, loss="ce")
         trainer = LTAPTrainer(model=model, args=args, train_dataset=train, eval_dataset=random_images(256, seed=1),
-                              class_counts=[steps * batch_size // 10] * 10, callbacks=[timer])
+                              class_counts=[steps * batch_size // 10] * 10)
     else:
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=train, callbacks=[timer])
+        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=train)
+    # Added last, so that its on_step_end runs after LTAP's (which holds the stage work).
+    trainer.add_callback(timer)
     trainer.train()
     return timer.times, trainer
 

@@ -114,7 +114,8 @@ def main(argv: list[str]) -> dict:
     input_size = (stats.num_channels, stats.image_size, stats.image_size)
     base_cost = model_cost(model, input_size)
     trainer = LTAPTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
-                          class_counts=class_counts, data_collator=collate_fn)
+                          class_counts=class_counts, data_collator=collate_fn,
+                          processing_class=make_image_processor(stats.image_size, stats.mean, stats.std))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     prediction = trainer.predict(test, metric_key_prefix="test")
     test_metrics = prediction.metrics
@@ -125,7 +126,6 @@ def main(argv: list[str]) -> dict:
     density = trainer.pruner.density_report(trainer.accelerator.unwrap_model(trainer.model))
     model = trainer.final_model()
     cost = model_cost(model, input_size)
-    trainer.processing_class = make_image_processor(stats.image_size, stats.mean, stats.std)
     trainer.card_report = PruningReport(
         model_name=Path(training_args.output_dir).name,
         architecture=model_args.model_name_or_path or f"an LTResNet ({model_args.model_preset})",

@@ -96,7 +96,7 @@ def test_eval_transform_is_deterministic_normalisation():
     dataset = image_dataset(mode="L")
     stats = DATASET_STATS["digits_lt"]
     batch = dataset.with_transform(EvalTransform.from_dataset("digits_lt"))[:12]
-    expected = normalize(stack_images(dataset[:12]["image"], 1), stats.mean, stats.std)
+    expected = normalize(stack_images(dataset[:12]["image"], 3), stats.mean, stats.std)
     torch.testing.assert_close(batch["pixel_values"], expected)
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == dataset["label"][:]
 
@@ -106,7 +106,7 @@ def test_digits_train_transform_never_mirrors():
     dataset = image_dataset(num_images=40, mode="L", seed=1)
     transform = TrainTransform.from_dataset("digits_lt", crop_padding=0)
     stats = DATASET_STATS["digits_lt"]
-    expected = normalize(stack_images(dataset[:40]["image"], 1), stats.mean, stats.std)
+    expected = normalize(stack_images(dataset[:40]["image"], 3), stats.mean, stats.std)
     torch.testing.assert_close(dataset.with_transform(transform)[:40]["pixel_values"], expected)
 
 
@@ -138,7 +138,7 @@ def test_random_resized_crop_and_eval_resize():
 
 def test_every_builder_has_stats_and_bad_names_fail():
     assert set(DATASET_STATS) == set(LT_BUILDERS)
-    assert DATASET_STATS["digits_lt"].num_channels == 1 and DATASET_STATS["cifar10_lt"].num_channels == 3
+    assert DATASET_STATS["digits_lt"].num_channels == 3 and DATASET_STATS["cifar10_lt"].num_channels == 3
     with pytest.raises(ValueError, match="name must be one of"):
         TrainTransform.from_dataset("mnist")
     with pytest.raises(ValueError, match="image_column='img' is not in the batch"):

@@ -1,9 +1,10 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForImageClassification
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
 
 from ltap_hf.pruning import prunable_parameters
 
@@ -37,3 +38,13 @@ def test_recipe_flags_override_the_yaml(tmp_path):
     model_args, data_args, args = run_ltap.parse_args([str(recipe), "--output_dir", str(tmp_path), "--target_density", "0.1"])
     assert (data_args.dataset_name, data_args.imbalance_ratio, model_args.model_preset) == ("cifar100_lt", 100, "resnet32")
     assert args.target_density == 0.1 and args.lr_milestones == [160, 180] and args.prune_start == 100
+
+
+def test_saved_demo_model_classifies_a_pil_image_in_a_pipeline(tmp_path):
+    run_ltap.main(["--output_dir", str(tmp_path / "run"), "--dataset_cache_dir", str(tmp_path / "data"),
+                   "--num_train_epochs", "2", "--lr_milestones", "1", "2", "--disable_tqdm", "true"])
+    classifier = pipeline("image-classification", model=str(tmp_path / "run"))
+    digit = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8), dtype=np.uint8), mode="L")
+    predictions = classifier(digit, top_k=10)
+    assert sorted(p["label"] for p in predictions) == [str(d) for d in range(10)]
+    assert (tmp_path / "run" / "README.md").is_file() and (tmp_path / "run" / "per_class_accuracy.png").stat().st_size > 0

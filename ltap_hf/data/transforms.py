@@ -74,8 +74,9 @@ DATASET_STATS: dict[str, DatasetStats] = {
     "inaturalist2018": DatasetStats(
         (0.466, 0.471, 0.380), (0.195, 0.194, 0.192), image_size=224, crop_padding=0, resized_crop=True
     ),
-    # 8x8 digits: a 1-pixel shift is already strong, and a mirrored digit is another symbol.
-    "digits_lt": DatasetStats((0.3053,), (0.3759,), image_size=8, crop_padding=1, horizontal_flip=False),
+    # 8x8 digits: a 1-pixel shift is already strong, and a mirrored digit is another symbol. The
+    # grayscale images are read as RGB, since image-classification pipelines hand models RGB images.
+    "digits_lt": DatasetStats((0.3053,) * 3, (0.3759,) * 3, image_size=8, crop_padding=1, horizontal_flip=False),
 }
 
 EVAL_CROP_FRACTION = 0.875  # ImageNet convention: resize to 256, centre crop 224
