@@ -214,6 +214,9 @@ class LTAPTrainer(Trainer):
             raise ValueError(f"class_counts has {len(class_counts)} classes, the model {num_classes}")
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          compute_metrics=compute_metrics or make_compute_metrics(class_counts), **kwargs)
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            # Masks and score buffers address whole parameters and their gradients, which FSDP and ZeRO shard.
+            raise ValueError("LTAPTrainer needs unsharded parameters and gradients: use DDP (multi_gpu), not FSDP or DeepSpeed")
         self.class_counts = class_counts
         self.vote_dataset = vote_dataset if vote_dataset is not None else eval_dataset
         # Our losses are means over the micro-batch: Trainer must divide them for gradient accumulation.

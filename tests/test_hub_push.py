@@ -7,6 +7,7 @@ process pointed at the server, which runs in a thread of the test process.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hub_server import HubServer
@@ -83,7 +84,7 @@ def hub_server():
         yield server
 
 
-def _run(script: str, hub_server: HubServer, tmp_path, hf_home: str) -> subprocess.CompletedProcess:
+def _run(script: str, hub_server: HubServer, tmp_path, hf_home: str, repo: str = REPO) -> subprocess.CompletedProcess:
     env = {
         "HF_ENDPOINT": hub_server.url,
         "HF_HOME": str(tmp_path / hf_home),
@@ -92,7 +93,7 @@ def _run(script: str, hub_server: HubServer, tmp_path, hf_home: str) -> subproce
         "MPLCONFIGDIR": str(tmp_path / "matplotlib"),
         "PATH": "/usr/bin:/bin",
     }
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path), REPO], capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path), repo], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -120,3 +121,46 @@ def test_push_then_pull_in_fresh_processes_gives_identical_outputs(hub_server, t
         hub_server, tmp_path, "hf-pull-remote",
     )
     assert pulled.stdout.startswith("transformers_modules") and "pulled" in pulled.stdout
+
+
+TRAIN_AND_PUSH = """
+import sys
+sys.path.insert(0, {recipes!r})
+import numpy as np, torch
+import run_ltap
+
+out, repo = sys.argv[1], sys.argv[2]
+run_ltap.main(["--output_dir", out + "/run", "--dataset_cache_dir", out + "/data", "--num_train_epochs", "2",
+               "--lr_milestones", "1", "2", "--disable_tqdm", "true", "--push_to_hub", "true", "--hub_model_id", repo])
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained(out + "/run").eval()
+pixels = torch.randn(3, 3, 8, 8)
+np.save(out + "/pixels.npy", pixels.numpy())
+np.save(out + "/logits.npy", model(pixels).logits.detach().numpy())
+print("trained-and-pushed")
+"""
+
+PULL_TRAINED = """
+import sys
+sys.modules["ltap_hf"] = None
+import numpy as np, torch
+from transformers import AutoModelForImageClassification
+out, repo = sys.argv[1], sys.argv[2]
+model = AutoModelForImageClassification.from_pretrained(repo, trust_remote_code=True).eval()
+assert np.array_equal(model(torch.from_numpy(np.load(out + "/pixels.npy"))).logits.detach().numpy(), np.load(out + "/logits.npy"))
+print("pulled")
+"""
+
+
+def test_trainer_push_to_hub_publishes_sparse_model_card_and_plots(hub_server, tmp_path):
+    recipes = str(Path(__file__).resolve().parents[1] / "recipes")
+    repo = "user/digits-lt-ltap"
+    result = _run(TRAIN_AND_PUSH.format(recipes=recipes), hub_server, tmp_path, "hf-train", repo=repo)
+    assert "trained-and-pushed" in result.stdout
+    published = hub_server.files(repo)
+    for name in (SPARSE_WEIGHTS_NAME, "config.json", "preprocessor_config.json", "README.md", "per_class_accuracy.png",
+                 "layer_density.png"):
+        assert name in published, sorted(published)
+    assert "model.safetensors" not in published
+    assert b"model-index" in published["README.md"] and b"LTAP" in published["README.md"]
+    assert "pulled" in _run(PULL_TRAINED, hub_server, tmp_path, "hf-pull-trained", repo=repo).stdout

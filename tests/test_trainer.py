@@ -152,3 +152,11 @@ def test_channel_ltap_run_hits_the_density_target_and_slims(tmp_path):
     slim.save_pretrained(tmp_path / "slim")
     loaded = LTResNetForImageClassification.from_pretrained(tmp_path / "slim").eval()
     assert torch.equal(loaded(pixels).logits, slim(pixels).logits)
+
+
+def test_bf16_mixed_precision_run_keeps_float32_scores(tmp_path):
+    trainer = _trainer(tmp_path, bf16=True)
+    trainer.train()
+    assert trainer.accelerator.mixed_precision == "bf16"
+    assert _stage_logs(trainer)[-1]["ltap/density"] == pytest.approx(0.3, abs=1e-4)
+    assert all(t.dtype == torch.float32 for k, t in trainer.pruner.accumulator.state_dict().items() if k != "num_steps")
