@@ -90,6 +90,9 @@ class LTAPConfig(TrainingArguments):
     lr_milestone_factors: list[float] = field(
         default_factory=list, metadata=_help("Learning-rate multiplier from each milestone on (0.01 1e-4).")
     )
+    max_grad_norm: float = field(
+        default=0.0, metadata=_help("Gradient clipping; off, as in the long-tail reference recipes (Trainer's default is 1.0).")
+    )
     remove_unused_columns: bool = field(
         default=False, metadata=_help("Kept False: LT datasets build `pixel_values` on the fly with `with_transform`.")
     )
