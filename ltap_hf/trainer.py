@@ -33,7 +33,7 @@ from .losses import LOSS_NAMES, build_loss
 from .metrics import long_tail_accuracy, make_compute_metrics
 from .pruning.criteria import CRITERIA, criterion_indices
 from .pruning.pruner import GRANULARITIES, LTAPPruner
-from .pruning.schedule import cubic_density, stage_steps
+from .pruning.schedule import cubic_density_at, stage_steps
 from .pruning.vote import CLASS_WEIGHTINGS, ClassVote
 
 
@@ -82,7 +82,7 @@ class LTAPConfig(TrainingArguments):
     logit_adjustment_tau: float = field(default=1.0, metadata=_help("tau of the logit-adjusted loss."))
     ldam_max_margin: float = field(default=0.5, metadata=_help("Largest LDAM margin."))
     ldam_scale: float = field(default=30.0, metadata=_help("LDAM logit scale s."))
-    drw_start: float = field(default=0.8, metadata=_help("Start of LDAM's deferred re-weighting (prune_schedule_unit)."))
+    drw_start: float = field(default=0.8, metadata=_help("Start of LDAM's deferred re-weighting, as a fraction of training."))
     lr_milestones: list[float] = field(
         default_factory=list,
         metadata=_help("Epochs at which the learning rate steps down (the CIFAR-LT recipe: 160 180); replaces lr_scheduler_type."),
@@ -111,10 +111,17 @@ class LTAPConfig(TrainingArguments):
             raise ValueError(f"prune_schedule_unit must be 'fraction' or 'epoch', got {self.prune_schedule_unit!r}")
         if not 0 <= self.prune_start <= self.prune_end:
             raise ValueError(f"need 0 <= prune_start <= prune_end, got prune_start={self.prune_start}, prune_end={self.prune_end}")
-        if self.prune_schedule_unit == "fraction" and max(self.prune_end, self.drw_start) > 1:
+        if self.prune_schedule_unit == "fraction" and self.prune_end > 1:
             raise ValueError(
-                f"with prune_schedule_unit='fraction', prune_end and drw_start must be <= 1, got "
-                f"prune_end={self.prune_end}, drw_start={self.drw_start} (use prune_schedule_unit='epoch' for epochs)"
+                f"with prune_schedule_unit='fraction', prune_end must be <= 1, got {self.prune_end} "
+                "(use prune_schedule_unit='epoch' for epochs)"
+            )
+        if not 0 <= self.drw_start <= 1:
+            raise ValueError(f"drw_start is a fraction of training in [0, 1], got {self.drw_start}")
+        if self.load_best_model_at_end:
+            raise ValueError(
+                "load_best_model_at_end would reload an earlier, denser checkpoint behind the pruning state's back; "
+                "LTAP keeps the model it ends with"
             )
         if not self.prune_interval > 0:
             raise ValueError(f"prune_interval must be > 0 epochs, got {self.prune_interval}")
@@ -140,18 +147,17 @@ class LTAPConfig(TrainingArguments):
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = False
 
-    def schedule_in_steps(self, max_steps: int, num_train_epochs: float) -> tuple[list[int], int]:
+    def schedule_in_steps(self, max_steps: int, steps_per_epoch: int) -> tuple[list[int], int]:
         """Optimizer steps of the pruning stages, and the steps between two stages."""
-        steps_per_epoch = max_steps / num_train_epochs
         to_steps = (lambda x: x * max_steps) if self.prune_schedule_unit == "fraction" else (lambda x: x * steps_per_epoch)
         start, end = max(1, round(to_steps(self.prune_start))), round(to_steps(self.prune_end))
         if end > max_steps:
-            raise ValueError(f"prune_end={self.prune_end} {self.prune_schedule_unit}(s) is past the end of training ({num_train_epochs} epochs)")
+            raise ValueError(
+                f"prune_end={self.prune_end} {self.prune_schedule_unit}(s) is past the end of training "
+                f"({max_steps} optimizer steps, {max_steps / steps_per_epoch:g} epochs)"
+            )
         interval = max(1, round(self.prune_interval * steps_per_epoch))
         return stage_steps(start, max(start, end), interval), interval
-
-    def drw_start_epoch(self, num_train_epochs: float) -> float:
-        return self.drw_start * num_train_epochs if self.prune_schedule_unit == "fraction" else self.drw_start
 
     def ltap_settings(self) -> dict:
         """The LTAP fields (not the generic training ones), for logs, checkpoints and model cards."""
@@ -180,7 +186,7 @@ class _LTAPCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.trainer._accumulating(state.global_step + 1):
-            self.trainer.pruner.accumulate()
+            self.trainer._accumulate()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self.trainer.pruner.vote.stage > 0:
@@ -227,6 +233,8 @@ class LTAPTrainer(Trainer):
         self.pruner: LTAPPruner | None = None
         self.stage_steps: list[int] = []
         self._accumulate_from = 0
+        self._steps_per_epoch: int | None = None
+        self._vote_dataloader = None
         self._loss_fn = None
         self._resumed_state: tuple[dict, dict] | None = None
         self.card_report = None
@@ -244,12 +252,17 @@ class LTAPTrainer(Trainer):
             loss = F.cross_entropy(logits, labels)
         return (loss, outputs) if return_outputs else loss
 
+    def set_initial_training_values(self, args, dataloader):
+        # Trainer's own count of optimizer steps per epoch: the schedule's epochs must be Trainer's epochs.
+        values = super().set_initial_training_values(args, dataloader)
+        self._steps_per_epoch = values[1]
+        return values
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Linear warm-up then step decays at `lr_milestones` when they are set; Trainer's scheduler otherwise."""
         if not self.args.lr_milestones or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
-        steps_per_epoch = num_training_steps / self.args.num_train_epochs
-        milestones = [round(epoch * steps_per_epoch) for epoch in self.args.lr_milestones]
+        milestones = [round(epoch * self._steps_per_epoch) for epoch in self.args.lr_milestones]
         warmup = self.args.get_warmup_steps(num_training_steps)
         factors = [1.0, *self.args.lr_milestone_factors]
 
@@ -263,13 +276,20 @@ class LTAPTrainer(Trainer):
 
     def _begin_pruning(self) -> None:
         args, state = self.args, self.state
-        self.stage_steps, interval = args.schedule_in_steps(state.max_steps, state.num_train_epochs)
+        self.stage_steps, interval = args.schedule_in_steps(state.max_steps, self._steps_per_epoch)
+        # Its own key: with persistent workers Trainer caches eval loaders by key, and "eval" is the eval split's.
+        self._vote_dataloader = self._get_dataloader(self.vote_dataset, "LTAP vote", args.eval_batch_size,
+                                                     self._get_eval_sampler, dataloader_key="ltap_vote")
         self._accumulate_from = self.stage_steps[0] - interval
-        self._loss_fn = build_loss(args.loss, self.class_counts, **self._loss_params(state.num_train_epochs))
+        self._loss_fn = build_loss(args.loss, self.class_counts, **self._loss_params(state.max_steps / self._steps_per_epoch))
         model = self.accelerator.unwrap_model(self.model)
         vote = ClassVote(args.criteria, self.class_counts, weighting=args.vote_class_weighting,
                          temperature=args.vote_temperature, seed=args.seed, enabled=args.vote)
-        decay = {id(p): group["weight_decay"] for group in self.optimizer.param_groups for p in group["params"]}
+        # λw is part of the gradient only where the optimizer couples the decay (SGD, Adam), not for AdamW.
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        decoupled = isinstance(optimizer, torch.optim.AdamW)
+        decay = {id(p): 0.0 if decoupled or group.get("decoupled_weight_decay") else group["weight_decay"]
+                 for group in self.optimizer.param_groups for p in group["params"]}
         weight_decay = {name: decay.get(id(p), 0.0) for name, p in model.named_parameters()}
         self.pruner = LTAPPruner(model, vote, granularity=args.granularity, weight_decay=weight_decay,
                                  min_layer_density=args.min_layer_density, prune_classifier=args.prune_classifier,
@@ -287,8 +307,15 @@ class LTAPTrainer(Trainer):
             return {"tau": args.logit_adjustment_tau}
         if args.loss == "ldam_drw":
             return {"max_margin": args.ldam_max_margin, "scale": args.ldam_scale,
-                    "drw_start_epoch": args.drw_start_epoch(num_train_epochs)}
+                    "drw_start_epoch": args.drw_start * num_train_epochs}
         return {}
+
+    def _accumulate(self) -> None:
+        if self.accelerator.scaler is not None and not self.args.max_grad_norm:
+            # fp16: the gradients are still scaled unless clipping unscaled them (it does when it runs).
+            self.accelerator.unscale_gradients()
+        if not self.pruner.accumulate():
+            logger.warning(f"LTAP: non-finite gradients at step {self.state.global_step + 1}, left out of the scores")
 
     def _accumulating(self, step: int) -> bool:
         """Whether optimizer step `step` (1-based) feeds a coming stage's scores."""
@@ -301,7 +328,7 @@ class LTAPTrainer(Trainer):
         was_training = model.training
         model.eval()
         predictions, references = [], []
-        for batch in self.get_eval_dataloader(self.vote_dataset):
+        for batch in self._vote_dataloader:
             batch = self._prepare_inputs(batch)
             labels = batch.pop("labels")
             with self.autocast_smart_context_manager():
@@ -317,7 +344,9 @@ class LTAPTrainer(Trainer):
         metrics = self._validation_accuracy()
         per_class = torch.tensor(metrics["per_class_accuracy"], dtype=torch.float64)
         has_validation = ~per_class.isnan()
-        target = cubic_density(stage, len(self.stage_steps), self.args.target_density)
+        first, last = self.stage_steps[0], self.stage_steps[-1]
+        progress = (self.state.global_step - first) / (last - first) if last > first else 1.0
+        target = cubic_density_at(progress, self.args.target_density)
         result = self.pruner.prune_stage(per_class.nan_to_num(0.0), has_validation, target)
         if self.accelerator.num_processes > 1:
             # Every process computed the same masks from the same all-reduced gradients; the main
@@ -361,6 +390,8 @@ class LTAPTrainer(Trainer):
             save_sparse_pretrained(model, output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save")
 
     def create_model_card(self, *args, **kwargs):
         """With `card_report` set (a `ltap_hf.hub.PruningReport`), the LTAP card with per-class results and
@@ -392,11 +423,12 @@ class LTAPTrainer(Trainer):
         self._resumed_state = load_pruning_state(resume_from_checkpoint)
 
     def _check_resumed_state(self, meta: dict) -> None:
-        if meta["stage_steps"] != self.stage_steps or meta["criteria"] != list(self.pruner.vote.criteria):
+        settings = json.loads(json.dumps(self.args.ltap_settings(), default=str))
+        changed = sorted(k for k in settings.keys() | meta["settings"].keys() if settings.get(k) != meta["settings"].get(k))
+        if meta["stage_steps"] != self.stage_steps or changed:
             raise ValueError(
-                f"the checkpoint's pruning schedule (stages at {meta['stage_steps']}, criteria {meta['criteria']}) "
-                f"does not match this run's ({self.stage_steps}, {list(self.pruner.vote.criteria)}): resume with the "
-                "LTAP settings the checkpoint was made with"
+                f"the checkpoint was made with other LTAP settings (stages at {meta['stage_steps']}, here "
+                f"{self.stage_steps}; differing fields: {changed}): resume with the settings the checkpoint was made with"
             )
 
 

@@ -54,14 +54,17 @@ def _as_flags(options: dict) -> list[str]:
     """YAML values as command-line flags, so that flags given after the YAML file override it."""
     flags = []
     for key, value in options.items():
+        if value is None or value == []:
+            continue  # the field's default
         values = value if isinstance(value, list) else [value]
         flags += [f"--{key}", *(json.dumps(v) if isinstance(v, dict) else str(v) for v in values)]
     return flags
 
 
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, LTAPConfig]:
-    recipe = Path(argv[0]) if argv and argv[0].endswith((".yaml", ".yml")) else DEFAULT_RECIPE
-    flags = argv[1:] if recipe != DEFAULT_RECIPE else argv
+    """`[RECIPE.yaml] [--flag value ...]`: the recipe (default: the digits-LT demo), then overrides."""
+    has_recipe = bool(argv) and argv[0].endswith((".yaml", ".yml"))
+    recipe, flags = (Path(argv[0]), argv[1:]) if has_recipe else (DEFAULT_RECIPE, argv)
     with open(recipe) as file:
         options = yaml.safe_load(file) or {}
     parser = HfArgumentParser((ModelArguments, DataArguments, LTAPConfig))

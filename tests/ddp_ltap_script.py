@@ -20,7 +20,15 @@ class RecordStages(TrainerCallback):
     """Runs after LTAPTrainer's own callback, so a stage's masks and α are final when it looks."""
 
     def __init__(self, trainer: LTAPTrainer):
-        self.trainer, self.stages = trainer, []
+        self.trainer, self.stages, self.scores = trainer, [], []
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # The accumulated statistics a stage is about to rank, before any broadcast of masks.
+        if state.global_step + 1 in self.trainer.stage_steps:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.trainer.pruner.accumulator.state_dict().items()):
+                digest.update(tensor.cpu().numpy().tobytes())
+            self.scores.append(digest.hexdigest())
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step in self.trainer.stage_steps:
@@ -48,7 +56,8 @@ def main(output_file: str, per_device_batch_size: int) -> None:
     recorder = RecordStages(trainer)
     trainer.add_callback(recorder)
     trainer.train()
-    result = {"process_index": trainer.args.process_index, "world_size": trainer.args.world_size, "stages": recorder.stages}
+    result = {"process_index": trainer.args.process_index, "world_size": trainer.args.world_size,
+              "stages": recorder.stages, "scores_sha256": recorder.scores}
     with open(f"{output_file}.rank{trainer.args.process_index}.json", "w") as file:
         json.dump(result, file)
     if dist.is_initialized():

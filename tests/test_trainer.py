@@ -160,3 +160,61 @@ def test_bf16_mixed_precision_run_keeps_float32_scores(tmp_path):
     assert trainer.accelerator.mixed_precision == "bf16"
     assert _stage_logs(trainer)[-1]["ltap/density"] == pytest.approx(0.3, abs=1e-4)
     assert all(t.dtype == torch.float32 for k, t in trainer.pruner.accumulator.state_dict().items() if k != "num_steps")
+
+
+def test_weight_decay_enters_the_accumulated_gradient_for_sgd_only(tmp_path):
+    sgd = _trainer(tmp_path / "sgd", max_steps=1)
+    sgd.train()
+    adamw = _trainer(tmp_path / "adamw", optim="adamw_torch", max_steps=1)
+    adamw.train()
+    name = "resnet.embedder.embedder.conv.weight"
+    assert sgd.pruner.weight_decay[name] == 2e-4 and adamw.pruner.weight_decay[name] == 0.0
+
+    pruner = sgd.pruner
+    weight = pruner.parameters[name]
+    weight.grad = torch.ones_like(weight)
+    for other in pruner.parameters.values():
+        if other is not weight:
+            other.grad = torch.zeros_like(other)
+    pruner.accumulator.reset()
+    assert pruner.accumulate()
+    torch.testing.assert_close(pruner.accumulator.mean_grad()[name], 1 + 2e-4 * weight.detach())
+    weight.grad[0, 0, 0, 0] = float("inf")
+    assert not pruner.accumulate() and pruner.accumulator.num_steps == 1  # an overflowing step is left out
+
+
+def test_lr_milestones_step_the_learning_rate_down_after_warmup(tmp_path):
+    trainer = _trainer(tmp_path, warmup_steps=4, lr_milestones=[2, 4], lr_milestone_factors=[0.1, 0.01], target_density=1.0)
+    trainer.train()
+    scheduler = trainer.lr_scheduler
+    rates = [scheduler.lr_lambdas[0](step) for step in (0, 3, 15, 16, 31, 32, 47)]
+    # 8 optimizer steps per epoch: milestones at epochs 2 and 4 are steps 16 and 32.
+    assert rates == pytest.approx([0.25, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_vote_off_keeps_equal_alpha_and_suppresses_nothing(tmp_path):
+    trainer = _trainer(tmp_path, vote=False)
+    trainer.train()
+    for log in _stage_logs(trainer):
+        assert log["ltap/suppressed_index"] == -1
+        assert [log[f"ltap/alpha/{c}"] for c in trainer.args.criteria] == pytest.approx([0.2] * 5)
+    magnitude = _trainer(tmp_path / "magnitude", vote=False, criteria=["magnitude"])
+    magnitude.train()
+    # one criterion, no vote: global magnitude pruning, every surviving weight outranks every pruned one
+    weights = magnitude.pruner.parameters
+    kept = torch.cat([w.detach().abs()[m] for w, m in zip(weights.values(), magnitude.pruner.masks.values())])
+    assert _stage_logs(magnitude)[-1]["ltap/alpha/magnitude"] == 1.0 and kept.min() > 0
+
+
+def test_every_accumulation_window_spans_one_interval(tmp_path):
+    trainer = _trainer(tmp_path)
+    windows = []
+
+    class RecordWindows(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            if state.global_step + 1 in trainer.stage_steps:
+                windows.append(trainer.pruner.accumulator.num_steps)
+
+    trainer.add_callback(RecordWindows())
+    trainer.train()
+    assert windows == [8, 8, 8, 8]

@@ -35,6 +35,8 @@ def test_two_processes_hold_identical_masks_and_alpha_at_every_stage(tmp_path):
     assert single["world_size"] == 1
     # Same global batch (2 x 8 = 16): the same stage steps in both runs.
     assert [s["step"] for s in rank0["stages"]] == [s["step"] for s in single["stages"]] == [14, 22, 30, 38]
+    # Both ranks accumulated the same (all-reduced) statistics, bit for bit, before any mask broadcast.
+    assert len(rank0["scores_sha256"]) == 4 and rank0["scores_sha256"] == rank1["scores_sha256"]
     assert rank0["stages"] == rank1["stages"]
     assert [s["density"] for s in rank0["stages"]] == pytest.approx([s["density"] for s in single["stages"]], abs=1e-6)
     assert rank0["stages"][-1]["density"] == pytest.approx(0.3, abs=1e-4)

@@ -1,7 +1,7 @@
 """PyTorch long-tail ResNets: CIFAR ResNet-20..110 and ImageNet ResNet-18..152, with per-layer widths.
 
-This file imports only torch, transformers and its flat sibling modules (imported as `from .name import`,
-which `save_pretrained` copies next to it) so that a saved folder loads with `trust_remote_code=True`
+This file imports only torch, transformers (with its dependency safetensors) and its flat sibling modules
+(imported as `from .name import`, which `save_pretrained` copies next to it) so that a saved folder loads with `trust_remote_code=True`
 in an environment without `ltap_hf`. That includes sparse checkpoints: `from_pretrained` decodes them.
 """
 

@@ -306,8 +306,10 @@ def check_complete_load(loading_info: Mapping[str, object], source: str) -> None
     """Raises if loading a sparse checkpoint left weights missing or keys unused (transformers would only
     warn and re-initialise those weights at random)."""
     missing, unexpected = sorted(loading_info.get("missing_keys", ())), sorted(loading_info.get("unexpected_keys", ()))
-    if missing or unexpected:
+    mismatched = sorted(str(key) for key in loading_info.get("mismatched_keys", ()))
+    if missing or unexpected or mismatched:
         raise ValueError(
-            f"the sparse checkpoint {source} does not match the model: missing {missing}, unexpected {unexpected}; "
-            "refusing to re-initialise weights at random: load it into the architecture it was saved from"
+            f"the sparse checkpoint {source} does not match the model: missing {missing}, unexpected {unexpected}, "
+            f"mismatched {mismatched}; refusing to re-initialise weights at random: load it into the architecture "
+            "it was saved from"
         )

@@ -5,7 +5,7 @@ from .masks import apply_masks, density, density_report, full_masks, prunable_pa
 from .groups import ChannelGroup, find_channel_groups, group_density_report
 from .pruner import GRANULARITIES, LTAPPruner, StageResult
 from .slimming import slim_model
-from .schedule import cubic_density, stage_steps
+from .schedule import cubic_density, cubic_density_at, stage_steps
 from .vote import CLASS_WEIGHTINGS, ClassVote, VoteResult, stage_generator
 
 
@@ -23,6 +23,7 @@ __all__ = [
     "combine_scores",
     "criterion_indices",
     "cubic_density",
+    "cubic_density_at",
     "density",
     "density_report",
     "find_channel_groups",
