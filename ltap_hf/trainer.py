@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -416,7 +416,7 @@ class LTAPTrainer(Trainer):
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.pruner.state_dict().items()}
         _atomic_write(os.path.join(folder, STATE_WEIGHTS_NAME), lambda path: save_file(tensors, path))
         _atomic_write(os.path.join(folder, STATE_CONFIG_NAME),
-                      lambda path: open(path, "w").write(json.dumps(meta, indent=2, default=str)))
+                      lambda path: Path(path).write_text(json.dumps(meta, indent=2, default=str)))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
