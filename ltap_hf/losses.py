@@ -59,6 +59,16 @@ class LongTailLoss(nn.Module):
             )
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, epoch: float = 0.0) -> torch.Tensor:
+        """
+        Args:
+            logits: `[N, C]` raw class scores.
+            labels: `[N]` class indices.
+            epoch: current (fractional) training epoch, e.g. the Trainer's `state.epoch`; only losses
+                with a schedule (LDAM-DRW) read it.
+
+        Returns:
+            Scalar mean loss.
+        """
         raise NotImplementedError
 
 
@@ -66,15 +76,6 @@ class CrossEntropyLoss(LongTailLoss):
     """Plain cross-entropy; `class_counts` is only used to check the number of classes."""
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, epoch: float = 0.0) -> torch.Tensor:
-        """
-        Args:
-            logits: `[N, C]` raw class scores.
-            labels: `[N]` class indices.
-            epoch: ignored; present so every loss has the same signature.
-
-        Returns:
-            Scalar mean loss.
-        """
         self._check_logits(logits)
         return F.cross_entropy(logits, labels)
 
@@ -97,15 +98,6 @@ class LogitAdjustedLoss(LongTailLoss):
         self.tau = float(tau)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, epoch: float = 0.0) -> torch.Tensor:
-        """
-        Args:
-            logits: `[N, C]` raw class scores.
-            labels: `[N]` class indices.
-            epoch: ignored; present so every loss has the same signature.
-
-        Returns:
-            Scalar mean loss.
-        """
         self._check_logits(logits)
         # The prior stays float32 even under bf16 logits: log(prior) of rare classes needs the precision.
         return F.cross_entropy(logits + self.tau * self.log_prior.to(logits.device), labels)

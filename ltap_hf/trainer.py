@@ -311,10 +311,11 @@ class LTAPTrainer(Trainer):
         return {}
 
     def _accumulate(self) -> None:
-        if self.accelerator.scaler is not None and not self.args.max_grad_norm:
+        scaled = self.accelerator.scaler is not None
+        if scaled and not self.args.max_grad_norm:
             # fp16: the gradients are still scaled unless clipping unscaled them (it does when it runs).
             self.accelerator.unscale_gradients()
-        if not self.pruner.accumulate():
+        if not self.pruner.accumulate(skip_non_finite=scaled):
             logger.warning(f"LTAP: non-finite gradients at step {self.state.global_step + 1}, left out of the scores")
 
     def _accumulating(self, step: int) -> bool:
