@@ -55,7 +55,7 @@ ARMS = {
     "magnitude": ["--criteria", "magnitude", "--vote", "false"],
     "ltap": [],
     "ltap_novote": ["--vote", "false"],
-    "ltap_channel": ["--granularity", "channel", "--channel_round_to", "8"],
+    "ltap_channel": ["--granularity", "channel", "--channel_allocation", "uniform"],
 }
 TABLE_KEYS = ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy", "tail3_accuracy", "worst_class_accuracy")
 

@@ -6,16 +6,19 @@ Networks of the same initialisation (CIFAR-100 shape, eval mode):
 - dense ResNet-32;
 - weight-pruned: the lowest-|w| weights of the prunable tensors zeroed to `--target-density` (global
   ranking). Dense kernels still compute the zeros, so it runs at the dense speed;
-- channel-pruned + slimmed: channels ranked globally, pruned until the prunable *parameters* are at
-  `--target-density`, then physically removed; with and without widths rounded to multiples of 8.
-  Which widths a criterion leaves depends on trained weights, which this benchmark does not have, so
-  two rankings bracket it: the group `magnitude` (at initialisation it keeps the residual streams,
-  whose groups have many slices, and prunes only block-internal channels) and uniformly random
-  scores (every layer loses about the same share, as when all criteria agree on no layer).
+- channel-pruned + slimmed: channels ranked by the group `magnitude`, pruned until the prunable
+  *parameters* are at `--target-density`, then physically removed. Two allocations
+  (`LTAPConfig.channel_allocation`): "global" ranks all channels together, which at initialisation
+  (as in trained runs) keeps the residual streams, whose groups hold many slices, and the cheap early
+  stages, so most multiply-adds stay; "uniform" keeps the same fraction of every group, with and
+  without widths rounded to multiples of 8.
 
 Latency: median over `--rounds` x `--repeats` timed forward passes at batch 1 and 128 under
 `torch.inference_mode()`, the networks taking turns each round so that drifts of the machine hit all
-of them; two warm-up passes first. One thread by default: two threads on a 2-core machine were too
+of them; two warm-up passes first. Each network is timed in both memory formats: PyTorch's default
+(NCHW) and `channels_last` (NHWC), the layout oneDNN's CPU convolutions prefer. Thin layers leave the
+element-wise work (BatchNorm, ReLU, the residual addition) a large share of the time; in NHWC it costs
+less, so slimming pays off more there. One thread by default: two threads on a 2-core machine were too
 noisy to rank the variants. MACs are per image, by `ltap_hf.cost.model_cost` (dense kernels compute
 every weight; "nonzero" leaves out the zeros a sparse kernel could skip).
 """
@@ -60,27 +63,26 @@ def weight_pruned(model: nn.Module, density: float) -> tuple[nn.Module, float]:
     return model, sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
 
 
-def channel_pruned_and_slimmed(model: nn.Module, density: float, ranking: str, round_to: int) -> tuple[nn.Module, float]:
+def channel_pruned_and_slimmed(model: nn.Module, density: float, allocation: str, round_to: int) -> tuple[nn.Module, float]:
     groups = find_channel_groups(model)
     alive = full_group_masks(groups)
-    if ranking == "random":
-        generator = torch.Generator().manual_seed(0)
-        scores = {g.name: torch.rand(g.num_channels, generator=generator) for g in groups}
-    else:
-        parameters = group_parameters(model, groups)
-        no_gradient = {n: torch.zeros_like(p) for n, p in parameters.items()}
-        no_taylor = {g.name: torch.zeros(g.num_channels) for g in groups}
-        criteria = group_criteria(groups, parameters, no_gradient, no_taylor)
-        scores = combine_scores(criteria, alive, torch.ones(1), criteria=[ranking])
+    parameters = group_parameters(model, groups)
+    no_gradient = {n: torch.zeros_like(p) for n, p in parameters.items()}
+    no_taylor = {g.name: torch.zeros(g.num_channels) for g in groups}
+    criteria = group_criteria(groups, parameters, no_gradient, no_taylor)
+    scores = combine_scores(criteria, alive, torch.ones(1), criteria=["magnitude"])
     prunable = prunable_parameters(model)
-    alive = select_channel_groups(groups, scores, alive, density, prunable, round_to=round_to)
+    alive = select_channel_groups(groups, scores, alive, density, prunable, round_to=round_to, allocation=allocation)
     apply_group_masks(model, groups, alive)
     return slim_model(model, groups, alive), parameter_density(groups, alive, prunable)
 
 
 @torch.inference_mode()
-def median_latencies(models: dict[str, nn.Module], batch_size: int, rounds: int, repeats: int) -> dict[str, float]:
-    pixels = torch.randn(batch_size, *INPUT_SIZE)
+def median_latencies(
+    models: dict[str, nn.Module], batch_size: int, rounds: int, repeats: int, memory_format: torch.memory_format
+) -> dict[str, float]:
+    pixels = torch.randn(batch_size, *INPUT_SIZE).contiguous(memory_format=memory_format)
+    models = {name: model.to(memory_format=memory_format) for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     for name, model in models.items():
         for _ in range(2):
@@ -108,34 +110,32 @@ def main() -> None:
         "dense": (dense_resnet32(args.seed), 1.0),
         "weight-pruned (zeros)": weight_pruned(dense_resnet32(args.seed), args.target_density),
     }
-    for ranking in ("magnitude", "random"):
-        for round_to in (1, 8):
-            name = f"channel, {ranking} ranking, slimmed" + (", widths x8" if round_to > 1 else "")
-            variants[name] = channel_pruned_and_slimmed(dense_resnet32(args.seed), args.target_density, ranking, round_to)
-            config = variants[name][0].config
-            print(f"{name}: hidden_sizes={config.hidden_sizes}, first-conv widths="
-                  f"{[[block[0] for block in stage] for stage in config.block_widths]}")
+    for allocation, round_to in (("global", 1), ("uniform", 1), ("uniform", 8)):
+        name = f"channel, {allocation}, slimmed" + (", widths x8" if round_to > 1 else "")
+        variants[name] = channel_pruned_and_slimmed(dense_resnet32(args.seed), args.target_density, allocation, round_to)
+        config = variants[name][0].config
+        print(f"{name}: hidden_sizes={config.hidden_sizes}, first-conv widths="
+              f"{[[block[0] for block in stage] for stage in config.block_widths]}")
     models = {name: model for name, (model, _) in variants.items()}
-    latency_1 = median_latencies(models, 1, args.rounds, args.repeats)
-    latency_128 = median_latencies(models, 128, args.rounds, args.repeats)
-
     dense_cost = model_cost(models["dense"], INPUT_SIZE)
-    print(f"\nResNet-32 (CIFAR-100 head), CPU, {args.threads} thread(s), median of {args.rounds}x{args.repeats}; "
-          "ratios to dense\n")
-    header = ("model", "prunable density", "params (nonzero)", "MACs (dense kernel)", "MACs nonzero",
-              "batch 1 ms", "x dense", "batch 128 ms", "x dense")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for name, (model, density) in variants.items():
-        cost = model_cost(model, INPUT_SIZE)
-        print(
-            f"| {name} | {density:.3f} | {cost.parameters_nonzero:,} | {cost.macs / 1e6:.1f}M "
-            f"({cost.macs / dense_cost.macs:.2f}x) | {cost.macs_nonzero / 1e6:.1f}M "
-            f"({cost.macs_nonzero / dense_cost.macs:.2f}x) | {latency_1[name] * 1e3:.2f} | "
-            f"{latency_1[name] / latency_1['dense']:.2f} | {latency_128[name] * 1e3:.1f} | "
-            f"{latency_128[name] / latency_128['dense']:.2f} |"
-        )
-
+    for format_name, memory_format in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        latency_1 = median_latencies(models, 1, args.rounds, args.repeats, memory_format)
+        latency_128 = median_latencies(models, 128, args.rounds, args.repeats, memory_format)
+        print(f"\nResNet-32 (CIFAR-100 head), CPU, {format_name}, {args.threads} thread(s), median of "
+              f"{args.rounds}x{args.repeats}; ratios to dense\n")
+        header = ("model", "prunable density", "params (nonzero)", "MACs (dense kernel)", "MACs nonzero",
+                  "batch 1 ms", "x dense", "batch 128 ms", "x dense")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for name, (model, density) in variants.items():
+            cost = model_cost(model, INPUT_SIZE)
+            print(
+                f"| {name} | {density:.3f} | {cost.parameters_nonzero:,} | {cost.macs / 1e6:.1f}M "
+                f"({cost.macs / dense_cost.macs:.2f}x) | {cost.macs_nonzero / 1e6:.1f}M "
+                f"({cost.macs_nonzero / dense_cost.macs:.2f}x) | {latency_1[name] * 1e3:.2f} | "
+                f"{latency_1[name] / latency_1['dense']:.2f} | {latency_128[name] * 1e3:.1f} | "
+                f"{latency_128[name] / latency_128['dense']:.2f} |"
+            )
 
 if __name__ == "__main__":
     main()

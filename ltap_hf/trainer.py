@@ -32,6 +32,7 @@ from .hub import render_model_card, save_sparse_pretrained
 from .losses import LOSS_NAMES, build_loss
 from .metrics import long_tail_accuracy, make_compute_metrics
 from .pruning.criteria import CRITERIA, criterion_indices
+from .pruning.groups import CHANNEL_ALLOCATIONS
 from .pruning.pruner import GRANULARITIES, LTAPPruner
 from .pruning.schedule import cubic_density_at, stage_steps
 from .pruning.vote import CLASS_WEIGHTINGS, ClassVote
@@ -77,6 +78,11 @@ class LTAPConfig(TrainingArguments):
     prune_classifier: bool = field(default=False, metadata=_help("Also prune the classifier head."))
     channel_round_to: int = field(
         default=1, metadata=_help("Channel pruning: keep every width a multiple of this (8 runs faster on CPU).")
+    )
+    channel_allocation: str = field(
+        default="global",
+        metadata=_help("Channel pruning: 'global' ranks all channels together; 'uniform' keeps the same fraction "
+                       "of every group (FLOPs and latency then fall with the parameters)."),
     )
     loss: str = field(default="balanced_softmax", metadata=_help(f"Training loss: {', '.join(LOSS_NAMES)}."))
     logit_adjustment_tau: float = field(default=1.0, metadata=_help("tau of the logit-adjusted loss."))
@@ -137,6 +143,11 @@ class LTAPConfig(TrainingArguments):
             raise ValueError(f"min_layer_density must be in [0, 1], got {self.min_layer_density}")
         if self.channel_round_to < 1 or (self.channel_round_to > 1 and self.granularity != "channel"):
             raise ValueError(f"channel_round_to must be >= 1, and > 1 only with granularity='channel', got {self.channel_round_to}")
+        if self.channel_allocation not in CHANNEL_ALLOCATIONS or (self.channel_allocation != "global" and self.granularity != "channel"):
+            raise ValueError(
+                f"channel_allocation must be one of {CHANNEL_ALLOCATIONS}, and not 'global' only with "
+                f"granularity='channel', got {self.channel_allocation!r}"
+            )
         if self.loss not in LOSS_NAMES:
             raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
         if len(self.lr_milestones) != len(self.lr_milestone_factors) or sorted(self.lr_milestones) != self.lr_milestones:
@@ -293,7 +304,7 @@ class LTAPTrainer(Trainer):
         weight_decay = {name: decay.get(id(p), 0.0) for name, p in model.named_parameters()}
         self.pruner = LTAPPruner(model, vote, granularity=args.granularity, weight_decay=weight_decay,
                                  min_layer_density=args.min_layer_density, prune_classifier=args.prune_classifier,
-                                 round_to=args.channel_round_to)
+                                 round_to=args.channel_round_to, channel_allocation=args.channel_allocation)
         if self._resumed_state is not None:
             tensors, meta = self._resumed_state
             self._check_resumed_state(meta)

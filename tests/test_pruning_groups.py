@@ -1,3 +1,4 @@
+import copy
 import importlib.util
 import math
 
@@ -219,6 +220,36 @@ def test_selection_counts_parameters_and_respects_floors_and_rounding():
     assert all(int(m.sum()) == 1 for m in floored.values())
     floored = select_channel_groups(groups, scores, alive, 1e-4, prunable)
     assert {n: int(m.sum()) for n, m in floored.items()} == {g.name: math.ceil(0.02 * g.num_channels) for g in groups}
+
+
+def test_uniform_allocation_thins_every_group_alike_and_cuts_macs_with_parameters():
+    model = _lt_resnet()
+    groups = find_channel_groups(model)
+    prunable = prunable_parameters(model)
+    scores, alive = _magnitude_scores(groups, model)
+    macs = {}
+    for allocation in ("global", "uniform"):
+        selected = select_channel_groups(groups, scores, alive, 0.3, prunable, allocation=allocation)
+        assert 0.27 < parameter_density(groups, selected, prunable) <= 0.3
+        masked = copy.deepcopy(model)
+        apply_group_masks(masked, groups, selected)
+        report = group_density_report(masked, groups, selected, (3, 32, 32))
+        fractions, macs[allocation] = report["per_group"], report["macs_kept"] / report["macs"]
+        if allocation == "uniform":
+            # The same fraction of every group (up to rounding up one channel), its best-scored channels.
+            assert max(fractions.values()) - min(fractions.values()) < 1 / 16
+            for name, mask in selected.items():
+                assert torch.equal(mask, scores[name] >= scores[name].sort(descending=True).values[int(mask.sum()) - 1])
+        else:
+            # Global magnitude ranking keeps the residual streams (many slices, large norms) whole.
+            assert max(fractions.values()) == 1.0
+    # Every layer thins by about sqrt(density), so multiply-adds fall with the parameters.
+    assert macs["uniform"] < 0.32
+
+    later = select_channel_groups(groups, scores, selected, 0.1, prunable, allocation="uniform")
+    assert all(not (later[n] & ~selected[n]).any() for n in selected)  # masks only shrink
+    with pytest.raises(ValueError, match="allocation"):
+        select_channel_groups(groups, scores, alive, 0.3, prunable, allocation="layer")
 
 
 def test_masks_zero_whole_channels_and_padding_shortcut_copies():

@@ -123,6 +123,9 @@ def test_resume_from_a_checkpoint_without_pruning_state_is_a_clear_error(tmp_pat
         (dict(vote_class_weighting="counts"), "vote_class_weighting"),
         (dict(min_layer_density=-0.1), "min_layer_density"),
         (dict(loss="focal"), "loss"),
+        (dict(channel_round_to=8), "channel_round_to"),
+        (dict(granularity="channel", channel_allocation="layer"), "channel_allocation"),
+        (dict(channel_allocation="uniform"), "channel_allocation"),
     ],
 )
 def test_bad_ltap_config_values_are_rejected(tmp_path, kwargs, message):
@@ -136,14 +139,18 @@ def test_prune_end_past_training_is_rejected_at_train_time(tmp_path):
         trainer.train()
 
 
-def test_channel_ltap_run_hits_the_density_target_and_slims(tmp_path):
-    trainer = _trainer(tmp_path, granularity="channel", channel_round_to=1)
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_channel_ltap_run_hits_the_density_target_and_slims(tmp_path, allocation):
+    trainer = _trainer(tmp_path, granularity="channel", channel_round_to=1, channel_allocation=allocation)
     trainer.train()
     stages = _stage_logs(trainer)
     assert [log["step"] for log in stages] == [14, 22, 30, 38]
     # Density counts prunable parameters; one channel removes a whole row and its consumers' columns,
     # so the last stage lands at or just under the target.
     assert 0.27 <= stages[-1]["ltap/density"] <= 0.30
+    if allocation == "uniform":  # every group keeps the same share, up to one channel of the narrowest (16)
+        kept = trainer.pruner.density_report(trainer.model)["per_group"].values()
+        assert max(kept) - min(kept) < 1 / 16
     model = trainer.model.eval()
     slim = trainer.pruner.slimmed_model().eval()
     pixels = torch.randn(4, 3, 8, 8)

@@ -521,6 +521,26 @@ def _round_up_widths(
     return rounded
 
 
+CHANNEL_ALLOCATIONS = ("global", "uniform")
+
+
+def _keep_best_per_group(
+    scores: Mapping[str, torch.Tensor], alive: Mapping[str, torch.Tensor], fraction: float, min_group_density: float
+) -> dict[str, torch.Tensor]:
+    """Every group keeps its best-scored alive channels, ceil(fraction · C_g) of them (at least its
+    floor, at most what is alive)."""
+    masks = {}
+    for name, score in scores.items():
+        channels = score.numel()
+        floor = max(1, math.ceil(min_group_density * channels))
+        keep = min(int(alive[name].sum()), max(floor, math.ceil(fraction * channels)))
+        ranked = torch.sort(score.float().masked_fill(~alive[name], -math.inf), descending=True, stable=True).indices
+        mask = torch.zeros_like(alive[name])
+        mask[ranked[:keep]] = True
+        masks[name] = mask
+    return masks
+
+
 def select_channel_groups(
     groups: Sequence[ChannelGroup],
     scores: Mapping[str, torch.Tensor],
@@ -529,6 +549,7 @@ def select_channel_groups(
     parameters: Mapping[str, torch.Tensor],
     min_group_density: float = 0.02,
     round_to: int = 1,
+    allocation: str = "global",
 ) -> dict[str, torch.Tensor]:
     """Prune the lowest-scored alive channels, ranked globally over all groups, until the density of
     `parameters` (counted in parameters, not channels) is at most `density`.
@@ -547,15 +568,23 @@ def select_channel_groups(
         round_to: keep each group's width a multiple of this (>= 1) by keeping the best-scored of the
             channels this stage would drop, counted in the density; widths that are multiples of 8 run
             faster on CPU than odd widths of similar cost.
+        allocation: "global" ranks all alive channels together (ALGORITHM.md); "uniform" keeps the same
+            fraction of channels in every group, the best-scored ones of each. A global ranking thins
+            the layers whose scores are low as a whole, often the parameter-heavy last stage, which
+            leaves most multiply-adds; a uniform one makes multiply-adds and latency fall with the
+            parameters.
 
     Returns:
         group -> new bool mask [C_g].
     """
     if not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
+    if allocation not in CHANNEL_ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {CHANNEL_ALLOCATIONS}, got {allocation!r}")
+    keep = select_mask if allocation == "global" else _keep_best_per_group
 
     def select(num_kept: int) -> dict[str, torch.Tensor]:
-        masks = select_mask(scores, alive, num_kept / total, min_group_density)
+        masks = keep(scores, alive, num_kept / total, min_group_density)
         return _round_up_widths(masks, alive, scores, round_to) if round_to > 1 else masks
 
     def meets_target(masks: Mapping[str, torch.Tensor]) -> bool:

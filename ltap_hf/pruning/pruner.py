@@ -42,9 +42,7 @@ GRANULARITIES = ("weight", "channel")
 class WeightUnits:
     """One unit per scalar weight of the prunable tensors; a unit mask is the tensor's own mask."""
 
-    def __init__(self, model: nn.Module, prune_classifier: bool, round_to: int = 1):
-        if round_to != 1:
-            raise ValueError(f"round_to applies to channel pruning only, got round_to={round_to} with weights")
+    def __init__(self, model: nn.Module, prune_classifier: bool):
         self.parameters = prunable_parameters(model, prune_classifier=prune_classifier)
 
     def full_masks(self) -> dict[str, torch.Tensor]:
@@ -72,12 +70,13 @@ class WeightUnits:
 class ChannelUnits:
     """One unit per channel of a coupled channel group (`find_channel_groups`); density counts parameters."""
 
-    def __init__(self, model: nn.Module, prune_classifier: bool, round_to: int = 1):
+    def __init__(self, model: nn.Module, prune_classifier: bool, round_to: int, allocation: str):
         self.model = model
         self.groups = find_channel_groups(model)
         self.parameters = group_parameters(model, self.groups)
         self.counted = prunable_parameters(model, prune_classifier=prune_classifier)
         self.round_to = round_to
+        self.allocation = allocation
 
     def full_masks(self) -> dict[str, torch.Tensor]:
         return full_group_masks(self.groups, device=next(iter(self.parameters.values())).device)
@@ -89,7 +88,8 @@ class ChannelUnits:
         return group_criteria(self.groups, self.parameters, grad_mean, taylor2_mean)
 
     def select(self, scores: dict, alive: dict, target_density: float, floor: float) -> dict[str, torch.Tensor]:
-        return select_channel_groups(self.groups, scores, alive, target_density, self.counted, floor, self.round_to)
+        return select_channel_groups(self.groups, scores, alive, target_density, self.counted, floor, self.round_to,
+                                     self.allocation)
 
     def tensor_masks(self, alive: dict) -> dict[str, torch.Tensor]:
         # Also stops parameter-free shortcuts from copying into or out of pruned channels.
@@ -127,6 +127,8 @@ class LTAPPruner:
         min_layer_density: per-tensor (weight) or per-group (channel) floor of the selection.
         prune_classifier: whether the classifier head is prunable.
         round_to: channel granularity only: keep every group's width a multiple of this.
+        channel_allocation: channel granularity only: "global" ranking of all channels, or "uniform"
+            (every group keeps the same fraction; see `select_channel_groups`).
     """
 
     def __init__(
@@ -138,12 +140,17 @@ class LTAPPruner:
         min_layer_density: float = 0.02,
         prune_classifier: bool = False,
         round_to: int = 1,
+        channel_allocation: str = "global",
     ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-        units_class = WeightUnits if granularity == "weight" else ChannelUnits
         self.granularity = granularity
-        self.units = units_class(model, prune_classifier, round_to)
+        if granularity == "weight":
+            if round_to != 1:
+                raise ValueError(f"round_to applies to channel pruning only, got round_to={round_to} with weights")
+            self.units = WeightUnits(model, prune_classifier)
+        else:
+            self.units = ChannelUnits(model, prune_classifier, round_to, channel_allocation)
         self.parameters = self.units.parameters
         if not self.parameters:
             raise ValueError(f"{type(model).__name__} has no prunable Conv2d/Linear weight")
