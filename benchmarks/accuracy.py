@@ -45,11 +45,12 @@ SCHEDULES = {
     "demo": [],
 }
 DATASETS = {
-    "cifar10_lt": ["recipes/cifar10_lt/resnet32_ir100.yaml", "--data_dir", str(ROOT.parent / "shared" / "data" / "cifar10"),
-                   "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "0",
+    "cifar10_lt": [str(ROOT / "recipes" / "cifar10_lt" / "resnet32_ir100.yaml"), "--eval_strategy", "no", "--save_strategy", "no",
                    "--report_to", "none", "--logging_steps", "100"],
     "digits_lt": [],
 }
+# The source each dataset is built from by default (digits ship with scikit-learn).
+DATA_DIRS = {"cifar10_lt": str(ROOT.parent / "shared" / "data" / "cifar10"), "digits_lt": None}
 ARMS = {
     "dense": ["--target_density", "1.0"],
     "magnitude": ["--criteria", "magnitude", "--vote", "false"],
@@ -60,10 +61,13 @@ ARMS = {
 TABLE_KEYS = ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy", "tail3_accuracy", "worst_class_accuracy")
 
 
-def run_arm(dataset: str, schedule: str, arm: str, density: float, seed: int, output_dir: str) -> dict:
+def run_arm(
+    dataset: str, schedule: str, arm: str, density: float, seed: int, output_dir: str, data_dir: str | None, workers: int
+) -> dict:
     recipe = DATASETS[dataset]
     flags = [*recipe, *(["--prune_schedule_unit", "epoch"] if schedule != "demo" else []), *SCHEDULES[schedule],
-             *ARMS[arm], "--output_dir", output_dir, "--seed", str(seed), "--disable_tqdm", "true"]
+             *ARMS[arm], "--output_dir", output_dir, "--seed", str(seed), "--disable_tqdm", "true",
+             "--dataloader_num_workers", str(workers), *(["--data_dir", data_dir] if data_dir else [])]
     if arm != "dense":
         flags += ["--target_density", str(density)]
     start = time.perf_counter()
@@ -160,6 +164,9 @@ def main() -> None:
     parser.add_argument("--densities", nargs="+", type=float, default=[0.3, 0.1, 0.05], help="weight arms")
     parser.add_argument("--channel-densities", nargs="+", type=float, default=[0.3, 0.15], help="channel arm (parameters)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--data-dir", default=None,
+                        help="source of the dataset, or a folder written by export_parquet (default: ../shared/data/...)")
+    parser.add_argument("--workers", type=int, default=0, help="dataloader workers per run")
     parser.add_argument("--results", type=Path, default=None, help="JSON to merge into (default benchmarks/results/<dataset>.json)")
     parser.add_argument("--report-only", action="store_true", help="print the table and draw the plot of the JSON only")
     options = parser.parse_args()
@@ -172,7 +179,8 @@ def main() -> None:
                 densities = [1.0] if arm == "dense" else options.channel_densities if arm == "ltap_channel" else options.densities
                 for density in densities:
                     with tempfile.TemporaryDirectory() as output_dir:
-                        record = run_arm(options.dataset, schedule, arm, density, seed, output_dir)
+                        record = run_arm(options.dataset, schedule, arm, density, seed, output_dir,
+                                         options.data_dir or DATA_DIRS[options.dataset], options.workers)
                     merge(results, record)
                     print(f"{arm} density {density} seed {seed}: overall {100 * record['accuracy']:.2f}, "
                           f"tail-3 {100 * record['tail3_accuracy']:.2f}, {record['wall_seconds'] / 60:.1f} min", flush=True)

@@ -262,6 +262,19 @@ def test_export_parquet_round_trip(digits, tmp_path):
     exported_metadata = json.loads((tmp_path / "export" / "lt_metadata.json").read_text())
     assert exported_metadata == read_lt_metadata(ds)
 
+    # The entry point reads an export as it is, metadata included, and refuses one of another config.
+    reread = load_lt_dataset("digits_lt", imbalance_ratio=10, data_dir=str(tmp_path / "export"),
+                             cache_dir=str(tmp_path / "cache"))
+    assert read_lt_metadata(reread) == read_lt_metadata(ds)
+    assert reread["validation"]["label"][:] == ds["validation"]["label"][:]
+    with pytest.raises(ValueError, match="imbalance_ratio"):
+        load_lt_dataset("digits_lt", imbalance_ratio=5, data_dir=str(tmp_path / "export"))
+    with pytest.raises(ValueError, match="dataset"):
+        load_lt_dataset("cifar10_lt", data_dir=str(tmp_path / "export"))
+    (tmp_path / "export" / "test-00000-of-00001.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="test-00000-of-00001"):
+        load_lt_dataset("digits_lt", data_dir=str(tmp_path / "export"))
+
 
 # ---------------------------------------------------------------- bad input through the entry point
 

@@ -16,7 +16,7 @@ from .cifar100_lt import Cifar100LT
 from .digits_lt import DigitsLT
 from .imagenet_lt import ImagenetLT
 from .inaturalist2018 import Inaturalist2018
-from .metadata import read_lt_metadata
+from .metadata import read_lt_metadata, write_lt_metadata
 
 
 LT_BUILDERS: dict[str, type[datasets.DatasetBuilder]] = {
@@ -65,7 +65,8 @@ def load_lt_dataset(
         imbalance_ratio: IR of the train split (CIFAR-LT and digits-LT only); ``None``: the
             builder's default config (``ir100`` for CIFAR-LT, ``ir10`` for digits-LT).
         data_dir: local source. CIFAR-LT: a folder of the Hub's Parquet files or the python
-            archive (``None``: the Hub); ImageNet-LT / iNaturalist: the image root.
+            archive (``None``: the Hub); ImageNet-LT / iNaturalist: the image root. Any dataset: a
+            folder written by `export_parquet` (it holds ``lt_metadata.json``), read as it is.
         cache_dir: where the built Arrow files go (default: the `datasets` cache).
         **config_kwargs: any other field of the builder's config (``seed``, ``val_per_class``,
             ``selection``, ``profile``, ``n_max``, ``split_dir`` ...) or ``config_name``.
@@ -79,9 +80,33 @@ def load_lt_dataset(
         >>> read_lt_metadata(ds)["class_counts"]["train"]
         [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     """
+    if data_dir is not None and (Path(data_dir) / METADATA_FILE).is_file():
+        return _load_exported(name, imbalance_ratio, Path(data_dir), cache_dir, config_kwargs)
     builder = load_lt_dataset_builder(name, imbalance_ratio, data_dir, cache_dir, **config_kwargs)
     builder.download_and_prepare()
     return builder.as_dataset()
+
+
+def _load_exported(
+    name: str, imbalance_ratio: float | None, data_dir: Path, cache_dir: str | None, config_kwargs: dict[str, Any]
+) -> datasets.DatasetDict:
+    """A folder of `export_parquet`: its splits as they are, with its metadata; what it was built with
+    must match what is asked for (a folder of another dataset or ratio is an error, not a silent swap)."""
+    metadata = json.loads((data_dir / METADATA_FILE).read_text(encoding="utf-8"))
+    asked = {"dataset": name, "imbalance_ratio": imbalance_ratio, **config_kwargs}
+    differing = {k: (v, metadata.get(k)) for k, v in asked.items() if v is not None and metadata.get(k) != v}
+    if differing:
+        raise ValueError(
+            f"{data_dir} is an export of another dataset or config; asked vs exported: {differing}"
+        )
+    files = {split: str(data_dir / f"{split}-00000-of-00001.parquet") for split in metadata["class_counts"]}
+    missing = [path for path in files.values() if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{data_dir} lacks the split files {missing} that its {METADATA_FILE} lists")
+    dataset = datasets.load_dataset("parquet", data_files=files, cache_dir=cache_dir)
+    for split in dataset.values():
+        write_lt_metadata(split.info, metadata)
+    return dataset
 
 
 def export_parquet(dataset: datasets.DatasetDict, output_dir: str | Path) -> dict[str, Path]:
