@@ -7,14 +7,17 @@
 # `prepare` exports CIFAR-10-LT IR 100 as built here from ../shared/data/cifar10 (train, validation, test
 # and lt_metadata.json, by `export_parquet`) and fetches the wheels the GPU image lacks (datasets, dill,
 # multiprocess: pure Python). `run` unpacks those wheels beside the image's own PyTorch, transformers
-# and accelerate, then trains every arm at once, one process each (a ResNet-32 uses a sliver of the
-# GPU), through benchmarks/accuracy.py and so through recipes/run_ltap.py. Results merge into
-# $OUT/cifar10_lt_<schedule>.json ($OUT is the device tool's output folder; benchmarks/results/ without it).
+# and accelerate, then trains one process per (arm, density, seed), up to MAX_JOBS at once (a ResNet-32
+# uses a sliver of the GPU), through benchmarks/accuracy.py and so through recipes/run_ltap.py. Results
+# merge into $OUT/cifar10_lt_<schedule>.json ($OUT is the device tool's output folder;
+# benchmarks/results/ without it); per-run logs go to /tmp/gpu_cifar_logs.
 #
-# Settings (environment): SCHEDULE=full (the paper's 200 epochs; cpu30 for the CPU schedule's GPU
-# twin), DENSITY=0.05, SEEDS="0", WORKERS=3 (dataloader workers per arm). Default arms: dense,
-# magnitude, ltap. Example with the device tool:
-#   run(command="bash benchmarks/gpu_cifar.sh run", carry=["benchmarks/gpu_carry"], timeout_s=600)
+# Settings (environment): SCHEDULE=full (the paper's 200 epochs) or cpu30 (the CPU schedule, to fill
+# its grid fast); DENSITIES="0.05" for the weight arms; CHANNEL_DENSITIES="0.3 0.15"; SEEDS="0";
+# MAX_JOBS=8; WORKERS=2 (dataloader workers per run). Default arms: dense, magnitude, ltap.
+# Example with the device tool (the whole CPU-schedule grid):
+#   run(command="SCHEDULE=cpu30 DENSITIES='0.3 0.1 0.05' bash benchmarks/gpu_cifar.sh run dense magnitude ltap ltap_novote ltap_channel",
+#       carry=["benchmarks/gpu_carry"], timeout_s=600)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -44,20 +47,37 @@ run() {
     mkdir -p "$site"
     for wheel in "$CARRY"/wheels/*.whl; do "$PYTHON" -m zipfile -e "$wheel" "$site"; done
     export PYTHONPATH="$ROOT:$site${PYTHONPATH:+:$PYTHONPATH}"
-    "$PYTHON" -c "import torch, transformers, accelerate, datasets, pyarrow; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '| datasets', datasets.__version__, '| pyarrow', pyarrow.__version__)"
-    local results="${OUT:-$ROOT/benchmarks/results}/cifar10_lt_${SCHEDULE:-full}.json"
-    local pids=()
+    # Versions first (the image's own), then build the datasets cache once, before the runs share it.
+    "$PYTHON" - "$CARRY/cifar10_lt" <<'EOF'
+import sys
+
+import accelerate, datasets, pyarrow, torch, transformers
+from ltap_hf.data.loading import load_lt_dataset
+
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "| transformers", transformers.__version__,
+      "| accelerate", accelerate.__version__, "| datasets", datasets.__version__, "| pyarrow", pyarrow.__version__)
+print(load_lt_dataset("cifar10_lt", imbalance_ratio=100, data_dir=sys.argv[1]))
+EOF
+    local schedule="${SCHEDULE:-full}" logs=/tmp/gpu_cifar_logs status=0
+    local results="${OUT:-$ROOT/benchmarks/results}/cifar10_lt_$schedule.json"
+    mkdir -p "$logs"
     for arm in "${arms[@]}"; do
-        "$PYTHON" "$ROOT/benchmarks/accuracy.py" --dataset cifar10_lt --schedule "${SCHEDULE:-full}" --arms "$arm" \
-            --densities "${DENSITY:-0.05}" --channel-densities "${DENSITY:-0.05}" --seeds ${SEEDS:-0} \
-            --data-dir "$CARRY/cifar10_lt" --workers "${WORKERS:-3}" --results "$results" \
-            > "${OUT:-/tmp}/gpu_cifar_$arm.log" 2>&1 &
-        pids+=($!)
+        local densities="${DENSITIES:-0.05}"
+        [ "$arm" = dense ] && densities=1.0
+        [ "$arm" = ltap_channel ] && densities="${CHANNEL_DENSITIES:-0.3 0.15}"
+        for density in $densities; do
+            for seed in ${SEEDS:-0}; do
+                while [ "$(jobs -rp | wc -l)" -ge "${MAX_JOBS:-8}" ]; do wait -n || status=1; done
+                "$PYTHON" "$ROOT/benchmarks/accuracy.py" --dataset cifar10_lt --schedule "$schedule" --arms "$arm" \
+                    --densities "$density" --channel-densities "$density" --seeds "$seed" \
+                    --data-dir "$CARRY/cifar10_lt" --workers "${WORKERS:-2}" --results "$results" \
+                    > "$logs/${arm}_${density}_$seed.log" 2>&1 &
+            done
+        done
     done
-    local status=0
-    for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-    tail -n 3 "${OUT:-/tmp}"/gpu_cifar_*.log
-    "$PYTHON" "$ROOT/benchmarks/accuracy.py" --dataset cifar10_lt --schedule "${SCHEDULE:-full}" --results "$results" --report-only
+    while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || status=1; done
+    for log in "$logs"/*.log; do echo "== $log"; tail -n 2 "$log"; done
+    "$PYTHON" "$ROOT/benchmarks/accuracy.py" --dataset cifar10_lt --schedule "$schedule" --results "$results" --report-only
     return $status
 }
 
