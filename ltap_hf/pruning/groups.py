@@ -551,8 +551,9 @@ def select_channel_groups(
     round_to: int = 1,
     allocation: str = "global",
 ) -> dict[str, torch.Tensor]:
-    """Prune the lowest-scored alive channels, ranked globally over all groups, until the density of
-    `parameters` (counted in parameters, not channels) is at most `density`.
+    """Prune the lowest-scored alive channels, ranked globally over all groups (or within each group,
+    see `allocation`), until the density of `parameters` (counted in parameters, not channels) is at
+    most `density`.
 
     The ranking, tie-breaking and floor are `select_mask`'s, with one group as one "tensor": a group
     keeps at least max(1, ceil(min_group_density · C_g)) channels, so no layer loses its last channel.
