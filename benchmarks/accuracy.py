@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -91,16 +92,29 @@ def run_arm(
     }
 
 
+def _locked(path: Path):
+    """An exclusive lock beside `path`: concurrent runs (one arm each, in the background) take turns."""
+    lock = open(path.with_suffix(".lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
 def merge(path: Path, record: dict) -> None:
-    """Adds `record` to the JSON list at `path`, replacing an earlier run of the same arm, density and seed.
-    A lock makes concurrent runs (one arm each, in the background) safe."""
+    """Adds `record` to the JSON list at `path`, replacing an earlier run of the same arm, density and seed
+    (under the lock, written to a temporary file and renamed, so a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     key = ("dataset", "schedule", "arm", "target_density", "seed")
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(path):
         records = json.loads(path.read_text()) if path.exists() else []
         records = [r for r in records if tuple(r[k] for k in key) != tuple(record[k] for k in key)]
-        path.write_text(json.dumps(records + [record], indent=1))
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(records + [record], indent=1))
+        os.replace(temporary, path)
+
+
+def read_records(path: Path, schedule: str) -> list[dict]:
+    with _locked(path):
+        return [r for r in json.loads(path.read_text()) if r["schedule"] == schedule]
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -169,6 +183,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="dataloader workers per run")
     parser.add_argument("--results", type=Path, default=None, help="JSON to merge into (default benchmarks/results/<dataset>.json)")
     parser.add_argument("--report-only", action="store_true", help="print the table and draw the plot of the JSON only")
+    parser.add_argument("--no-report", action="store_true", help="run and merge only (many runs at once: report once after)")
     options = parser.parse_args()
     schedule = options.schedule or ("cpu30" if options.dataset == "cifar10_lt" else "demo")
     results = options.results or ROOT / "benchmarks" / "results" / f"{options.dataset}_{schedule}.json"
@@ -184,7 +199,9 @@ def main() -> None:
                     merge(results, record)
                     print(f"{arm} density {density} seed {seed}: overall {100 * record['accuracy']:.2f}, "
                           f"tail-3 {100 * record['tail3_accuracy']:.2f}, {record['wall_seconds'] / 60:.1f} min", flush=True)
-    records = [r for r in json.loads(results.read_text()) if r["schedule"] == schedule]
+    if options.no_report:
+        return
+    records = read_records(results, schedule)
     print(f"\n{options.dataset}, schedule {schedule}, results in {results}")
     print(table(records))
     plot(records, results.with_suffix(".png"))

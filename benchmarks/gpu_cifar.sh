@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy benchmark's CIFAR-10-LT arms on one GPU, for when a GPU machine is at hand.
 #
-#   bash benchmarks/gpu_cifar.sh prepare              # here, once: writes benchmarks/gpu_carry/ (about 21 MB)
+#   bash benchmarks/gpu_cifar.sh prepare              # here, once: writes benchmarks/gpu_carry/ (about 9 MB)
 #   bash benchmarks/gpu_cifar.sh run [ARM ...]        # on the GPU machine, with benchmarks/gpu_carry carried
 #
 # `prepare` exports CIFAR-10-LT IR 100 as built here from ../shared/data/cifar10 (train, validation, test
@@ -51,32 +51,41 @@ run() {
     "$PYTHON" - "$CARRY/cifar10_lt" <<'EOF'
 import sys
 
-import accelerate, datasets, pyarrow, torch, transformers
+import accelerate, datasets, matplotlib, pyarrow, torch, transformers
 from ltap_hf.data.loading import load_lt_dataset
+
+# The wheels of `prepare` are for Python 3.12 (multiprocess ships one per version).
+assert sys.version_info[:2] == (3, 12), f"gpu_carry/wheels are for Python 3.12, this is {sys.version}"
 
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "| transformers", transformers.__version__,
       "| accelerate", accelerate.__version__, "| datasets", datasets.__version__, "| pyarrow", pyarrow.__version__)
 print(load_lt_dataset("cifar10_lt", imbalance_ratio=100, data_dir=sys.argv[1]))
 EOF
-    local schedule="${SCHEDULE:-full}" logs=/tmp/gpu_cifar_logs status=0
+    local schedule="${SCHEDULE:-full}" logs=/tmp/gpu_cifar_logs
     local results="${OUT:-$ROOT/benchmarks/results}/cifar10_lt_$schedule.json"
-    mkdir -p "$logs"
+    rm -rf "$logs" && mkdir -p "$logs"
     for arm in "${arms[@]}"; do
         local densities="${DENSITIES:-0.05}"
         [ "$arm" = dense ] && densities=1.0
         [ "$arm" = ltap_channel ] && densities="${CHANNEL_DENSITIES:-0.3 0.15}"
         for density in $densities; do
             for seed in ${SEEDS:-0}; do
-                while [ "$(jobs -rp | wc -l)" -ge "${MAX_JOBS:-8}" ]; do wait -n || status=1; done
-                "$PYTHON" "$ROOT/benchmarks/accuracy.py" --dataset cifar10_lt --schedule "$schedule" --arms "$arm" \
-                    --densities "$density" --channel-densities "$density" --seeds "$seed" \
+                while [ "$(jobs -rp | wc -l)" -ge "${MAX_JOBS:-8}" ]; do wait -n || true; done
+                local name="${arm}_${density}_$seed"
+                # Each run leaves its exit status beside its log: `wait -n` alone can miss a failure.
+                ( "$PYTHON" "$ROOT/benchmarks/accuracy.py" --dataset cifar10_lt --schedule "$schedule" --arms "$arm" \
+                    --densities "$density" --channel-densities "$density" --seeds "$seed" --no-report \
                     --data-dir "$CARRY/cifar10_lt" --workers "${WORKERS:-2}" --results "$results" \
-                    > "$logs/${arm}_${density}_$seed.log" 2>&1 &
+                    > "$logs/$name.log" 2>&1; echo $? > "$logs/$name.rc" ) &
             done
         done
     done
-    while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || status=1; done
-    for log in "$logs"/*.log; do echo "== $log"; tail -n 2 "$log"; done
+    wait
+    local status=0
+    for log in "$logs"/*.log; do
+        echo "== $log (exit $(cat "${log%.log}.rc"))"; tail -n 2 "$log"
+        [ "$(cat "${log%.log}.rc")" = 0 ] || status=1
+    done
     "$PYTHON" "$ROOT/benchmarks/accuracy.py" --dataset cifar10_lt --schedule "$schedule" --results "$results" --report-only
     return $status
 }

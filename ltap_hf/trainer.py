@@ -15,7 +15,7 @@ import bisect
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -436,7 +436,11 @@ class LTAPTrainer(Trainer):
 
     def _check_resumed_state(self, meta: dict) -> None:
         settings = json.loads(json.dumps(self.args.ltap_settings(), default=str))
-        changed = sorted(k for k in settings.keys() | meta["settings"].keys() if settings.get(k) != meta["settings"].get(k))
+        # A field added after the checkpoint was written had its default's behaviour then.
+        defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                    for f in fields(self.args) if f.name in settings}
+        saved = {**json.loads(json.dumps(defaults, default=str)), **meta["settings"]}
+        changed = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
         if meta["stage_steps"] != self.stage_steps or changed:
             raise ValueError(
                 f"the checkpoint was made with other LTAP settings (stages at {meta['stage_steps']}, here "

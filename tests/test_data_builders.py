@@ -266,9 +266,16 @@ def test_export_parquet_round_trip(digits, tmp_path):
     reread = load_lt_dataset("digits_lt", imbalance_ratio=10, data_dir=str(tmp_path / "export"),
                              cache_dir=str(tmp_path / "cache"))
     assert read_lt_metadata(reread) == read_lt_metadata(ds)
-    assert reread["validation"]["label"][:] == ds["validation"]["label"][:]
+    assert reread["train"].features == ds["train"].features
+    for split in ("train", "validation", "test"):
+        assert reread[split]["label"][:] == ds[split]["label"][:]
+    np.testing.assert_array_equal(np.asarray(reread["train"][3]["image"]), np.asarray(ds["train"][3]["image"]))
+    same = load_lt_dataset("digits_lt", data_dir=str(tmp_path / "export"), config_name="ir10", seed=0)
+    assert same["test"].num_rows == ds["test"].num_rows
     with pytest.raises(ValueError, match="imbalance_ratio"):
         load_lt_dataset("digits_lt", imbalance_ratio=5, data_dir=str(tmp_path / "export"))
+    with pytest.raises(ValueError, match=r"\['split_dir'\] cannot apply"):
+        load_lt_dataset("digits_lt", data_dir=str(tmp_path / "export"), split_dir="splits")
     with pytest.raises(ValueError, match="dataset"):
         load_lt_dataset("cifar10_lt", data_dir=str(tmp_path / "export"))
     (tmp_path / "export" / "test-00000-of-00001.parquet").unlink()

@@ -23,6 +23,8 @@ from ltap_hf.pruning.groups import (
     select_channel_groups,
 )
 from ltap_hf.pruning.masks import apply_masks, prunable_parameters
+from ltap_hf.pruning.pruner import LTAPPruner
+from ltap_hf.pruning.vote import ClassVote
 
 
 requires_torch_pruning = pytest.mark.skipif(
@@ -227,29 +229,53 @@ def test_uniform_allocation_thins_every_group_alike_and_cuts_macs_with_parameter
     groups = find_channel_groups(model)
     prunable = prunable_parameters(model)
     scores, alive = _magnitude_scores(groups, model)
-    macs = {}
     for allocation in ("global", "uniform"):
         selected = select_channel_groups(groups, scores, alive, 0.3, prunable, allocation=allocation)
         assert 0.27 < parameter_density(groups, selected, prunable) <= 0.3
         masked = copy.deepcopy(model)
         apply_group_masks(masked, groups, selected)
         report = group_density_report(masked, groups, selected, (3, 32, 32))
-        fractions, macs[allocation] = report["per_group"], report["macs_kept"] / report["macs"]
-        if allocation == "uniform":
-            # The same fraction of every group (up to rounding up one channel), its best-scored channels.
-            assert max(fractions.values()) - min(fractions.values()) < 1 / 16
-            for name, mask in selected.items():
-                assert torch.equal(mask, scores[name] >= scores[name].sort(descending=True).values[int(mask.sum()) - 1])
-        else:
+        fractions = report["per_group"].values()
+        if allocation == "global":
             # Global magnitude ranking keeps the residual streams (many slices, large norms) whole.
-            assert max(fractions.values()) == 1.0
-    # Every layer thins by about sqrt(density), so multiply-adds fall with the parameters.
-    assert macs["uniform"] < 0.32
+            assert max(fractions) == 1.0
+    # Uniform: the same share of every group (up to rounding up one channel), its best-scored channels,
+    # so every layer thins by about sqrt(density) and multiply-adds fall with the parameters.
+    assert max(fractions) - min(fractions) < 1 / 16
+    assert report["macs_kept"] / report["macs"] < 0.32
+    for name, mask in selected.items():
+        assert torch.equal(mask, scores[name] >= scores[name].sort(descending=True).values[int(mask.sum()) - 1])
 
-    later = select_channel_groups(groups, scores, selected, 0.1, prunable, allocation="uniform")
-    assert all(not (later[n] & ~selected[n]).any() for n in selected)  # masks only shrink
+    # Later stages only shrink the masks, with or without widths rounded to multiples of 8.
+    for round_to in (1, 8):
+        first = select_channel_groups(groups, scores, alive, 0.5, prunable, round_to=round_to, allocation="uniform")
+        later = select_channel_groups(groups, scores, first, 0.2, prunable, round_to=round_to, allocation="uniform")
+        assert 0.15 < parameter_density(groups, later, prunable) <= 0.2
+        assert all(not (later[n] & ~first[n]).any() for n in first)
+        assert all(int(m.sum()) % round_to == 0 for m in later.values())
+
+    # Dead channels stay dead even when every score ties; ties go as in the global ranking (earlier first).
+    flat = {name: torch.zeros_like(score) for name, score in scores.items()}
+    half_dead = {name: torch.arange(mask.numel()) % 2 == 1 for name, mask in alive.items()}
+    tied = select_channel_groups(groups, flat, half_dead, 0.1, prunable, allocation="uniform")
+    assert all(not (tied[n] & ~half_dead[n]).any() for n in tied)
+    name = groups[0].name
+    assert tied[name].nonzero().min() > half_dead[name].nonzero().min()
+
+    with pytest.raises(ValueError, match="NaN"):
+        select_channel_groups(groups, {**scores, name: torch.full_like(scores[name], float("nan"))}, alive, 0.3,
+                              prunable, allocation="uniform")
     with pytest.raises(ValueError, match="allocation"):
         select_channel_groups(groups, scores, alive, 0.3, prunable, allocation="layer")
+
+
+def test_pruner_checks_its_channel_options_when_built():
+    model, vote = _lt_resnet("resnet20"), ClassVote(CRITERIA, [10] * 10)
+    assert LTAPPruner(model, vote, granularity="channel", channel_allocation="uniform").units.allocation == "uniform"
+    with pytest.raises(ValueError, match="channel_allocation must be one of"):
+        LTAPPruner(model, vote, granularity="channel", channel_allocation="layer")
+    with pytest.raises(ValueError, match="channel pruning only"):
+        LTAPPruner(model, vote, channel_allocation="uniform")
 
 
 def test_masks_zero_whole_channels_and_padding_shortcut_copies():

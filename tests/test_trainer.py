@@ -1,10 +1,12 @@
+import json
+
 import pytest
 import torch
 from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback
 
 from ltap_hf import LTResNetConfig, LTResNetForImageClassification, model_cost
 from ltap_hf.pruning.schedule import cubic_density
-from ltap_hf.trainer import STATE_WEIGHTS_NAME, LTAPConfig, LTAPTrainer
+from ltap_hf.trainer import STATE_CONFIG_NAME, STATE_WEIGHTS_NAME, LTAPConfig, LTAPTrainer
 
 from toy_data import TOY_COUNTS, toy_splits
 
@@ -103,6 +105,13 @@ def test_resume_after_pruning_started_ends_like_the_uninterrupted_run(tmp_path):
 def test_resume_from_a_checkpoint_without_pruning_state_is_a_clear_error(tmp_path):
     full = _trainer(tmp_path / "full", save_strategy="steps", save_steps=22)
     full.train()
+    # Settings: a field the checkpoint predates counts as its default; a changed one is refused by name.
+    meta = json.loads((tmp_path / "full" / "checkpoint-22" / STATE_CONFIG_NAME).read_text())
+    del meta["settings"]["channel_allocation"]
+    full._check_resumed_state(meta)
+    meta["settings"]["target_density"] = 0.5
+    with pytest.raises(ValueError, match=r"differing fields: \['target_density'\]"):
+        full._check_resumed_state(meta)
     (tmp_path / "full" / "checkpoint-22" / STATE_WEIGHTS_NAME).unlink()
     with pytest.raises(ValueError, match="no LTAP pruning state"):
         _trainer(tmp_path / "resumed").train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-22"))

@@ -66,7 +66,8 @@ def load_lt_dataset(
             builder's default config (``ir100`` for CIFAR-LT, ``ir10`` for digits-LT).
         data_dir: local source. CIFAR-LT: a folder of the Hub's Parquet files or the python
             archive (``None``: the Hub); ImageNet-LT / iNaturalist: the image root. Any dataset: a
-            folder written by `export_parquet` (it holds ``lt_metadata.json``), read as it is.
+            folder written by `export_parquet` (it holds ``lt_metadata.json``), read as it is (then
+            ``imbalance_ratio=None`` takes the exported ratio, and other arguments must match it).
         cache_dir: where the built Arrow files go (default: the `datasets` cache).
         **config_kwargs: any other field of the builder's config (``seed``, ``val_per_class``,
             ``selection``, ``profile``, ``n_max``, ``split_dir`` ...) or ``config_name``.
@@ -90,15 +91,21 @@ def load_lt_dataset(
 def _load_exported(
     name: str, imbalance_ratio: float | None, data_dir: Path, cache_dir: str | None, config_kwargs: dict[str, Any]
 ) -> datasets.DatasetDict:
-    """A folder of `export_parquet`: its splits as they are, with its metadata; what it was built with
-    must match what is asked for (a folder of another dataset or ratio is an error, not a silent swap)."""
+    """A folder of `export_parquet`: its splits as they are, with its metadata. What is asked for
+    (`imbalance_ratio`, ``config_name``, ``seed`` ...) must match what the export records: a folder of
+    another dataset or config is an error, not a silent swap; what is left unasked is taken as exported."""
+    if name not in LT_BUILDERS:
+        raise ValueError(f"name must be one of {sorted(LT_BUILDERS)}, got {name!r}")
     metadata = json.loads((data_dir / METADATA_FILE).read_text(encoding="utf-8"))
     asked = {"dataset": name, "imbalance_ratio": imbalance_ratio, **config_kwargs}
-    differing = {k: (v, metadata.get(k)) for k, v in asked.items() if v is not None and metadata.get(k) != v}
+    if "config_name" in asked:
+        asked["config"] = asked.pop("config_name")
+    unrecorded = sorted(k for k, v in asked.items() if v is not None and k not in metadata)
+    if unrecorded:
+        raise ValueError(f"{data_dir} is an export, read as it is: {unrecorded} cannot apply to it")
+    differing = {k: (v, metadata[k]) for k, v in asked.items() if v is not None and metadata[k] != v}
     if differing:
-        raise ValueError(
-            f"{data_dir} is an export of another dataset or config; asked vs exported: {differing}"
-        )
+        raise ValueError(f"{data_dir} is an export of another dataset or config; asked vs exported: {differing}")
     files = {split: str(data_dir / f"{split}-00000-of-00001.parquet") for split in metadata["class_counts"]}
     missing = [path for path in files.values() if not Path(path).is_file()]
     if missing:

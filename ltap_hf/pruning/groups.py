@@ -36,7 +36,7 @@ from ..models.modeling_lt_resnet import (
     LTResNetPaddingShortcut,
 )
 from .criteria import _EPS, ScoreAccumulator
-from .masks import apply_masks, prunable_parameters, select_mask
+from .masks import _layer_floor, apply_masks, prunable_parameters, select_mask
 
 
 @dataclass(frozen=True)
@@ -525,19 +525,23 @@ CHANNEL_ALLOCATIONS = ("global", "uniform")
 
 
 def _keep_best_per_group(
-    scores: Mapping[str, torch.Tensor], alive: Mapping[str, torch.Tensor], fraction: float, min_group_density: float
+    scores: Mapping[str, torch.Tensor], alive: Mapping[str, torch.Tensor], num_kept: int, total: int,
+    min_group_density: float,
 ) -> dict[str, torch.Tensor]:
-    """Every group keeps its best-scored alive channels, ceil(fraction · C_g) of them (at least its
-    floor, at most what is alive)."""
+    """Every group keeps its best-scored alive channels, ceil(num_kept / total · C_g) of them (at least
+    its floor, at most what is alive); ties go as in `select_mask` (the earlier channel first)."""
     masks = {}
-    for name, score in scores.items():
-        channels = score.numel()
-        floor = max(1, math.ceil(min_group_density * channels))
-        keep = min(int(alive[name].sum()), max(floor, math.ceil(fraction * channels)))
-        ranked = torch.sort(score.float().masked_fill(~alive[name], -math.inf), descending=True, stable=True).indices
-        mask = torch.zeros_like(alive[name])
-        mask[ranked[:keep]] = True
-        masks[name] = mask
+    for name, mask in alive.items():
+        positions = mask.nonzero().squeeze(1)
+        alive_scores = scores[name][positions].float()
+        if torch.isnan(alive_scores).any():
+            raise ValueError(f"scores[{name!r}] has NaN for alive channels; check the gradients and criteria")
+        channels = mask.numel()
+        keep = min(positions.numel(), max(_layer_floor(channels, min_group_density), -(-num_kept * channels // total)))
+        ascending = torch.sort(alive_scores, stable=True).indices
+        kept = torch.zeros_like(mask)
+        kept[positions[ascending[positions.numel() - keep:]]] = True
+        masks[name] = kept
     return masks
 
 
@@ -582,10 +586,12 @@ def select_channel_groups(
         raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
     if allocation not in CHANNEL_ALLOCATIONS:
         raise ValueError(f"allocation must be one of {CHANNEL_ALLOCATIONS}, got {allocation!r}")
-    keep = select_mask if allocation == "global" else _keep_best_per_group
 
     def select(num_kept: int) -> dict[str, torch.Tensor]:
-        masks = keep(scores, alive, num_kept / total, min_group_density)
+        if allocation == "global":
+            masks = select_mask(scores, alive, num_kept / total, min_group_density)
+        else:
+            masks = _keep_best_per_group(scores, alive, num_kept, total, min_group_density)
         return _round_up_widths(masks, alive, scores, round_to) if round_to > 1 else masks
 
     def meets_target(masks: Mapping[str, torch.Tensor]) -> bool:
@@ -594,9 +600,10 @@ def select_channel_groups(
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
     total = sum(g.num_channels for g in groups)
-    # Fewer kept channels never raise the parameter density, so bisect the channel count for the
-    # largest one that meets the target: the fewest channels pruned.
-    low, high = 1, sum(int(mask.sum()) for mask in alive.values())
+    # Fewer kept channels (or a smaller share of every group) never raise the parameter density, so
+    # bisect `num_kept` for the largest one that meets the target: the fewest channels pruned.
+    # select(total) keeps everything alive, which does not meet it.
+    low, high = 1, total
     if meets_target(alive):
         return {name: mask.clone() for name, mask in alive.items()}
     best = select(low)

@@ -20,6 +20,7 @@ from torch import nn
 
 from .criteria import ScoreAccumulator, combine_scores, weight_criteria
 from .groups import (
+    CHANNEL_ALLOCATIONS,
     GroupScoreAccumulator,
     apply_group_masks,
     find_channel_groups,
@@ -144,10 +145,15 @@ class LTAPPruner:
     ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if channel_allocation not in CHANNEL_ALLOCATIONS:
+            raise ValueError(f"channel_allocation must be one of {CHANNEL_ALLOCATIONS}, got {channel_allocation!r}")
         self.granularity = granularity
         if granularity == "weight":
-            if round_to != 1:
-                raise ValueError(f"round_to applies to channel pruning only, got round_to={round_to} with weights")
+            if round_to != 1 or channel_allocation != "global":
+                raise ValueError(
+                    f"round_to and channel_allocation apply to channel pruning only, got round_to={round_to} and "
+                    f"channel_allocation={channel_allocation!r} with weights"
+                )
             self.units = WeightUnits(model, prune_classifier)
         else:
             self.units = ChannelUnits(model, prune_classifier, round_to, channel_allocation)
