@@ -20,7 +20,9 @@ def _free_port() -> int:
 def _run(command: list[str], tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    # torchrun's summary ends stderr; the cause (a rank's traceback or abort message) comes before it.
+    causes = [line for line in result.stderr.splitlines() if "Error" in line or "terminate" in line or "what()" in line]
+    assert result.returncode == 0, "\n".join(causes[:40]) + "\n" + result.stdout[-2000:] + result.stderr[-4000:]
 
 
 def test_two_processes_hold_identical_masks_and_alpha_at_every_stage(tmp_path):
