@@ -84,6 +84,8 @@ def run_arm(
         "per_class_accuracy": dict(zip(result["class_names"], per_class)),
         "class_counts": result["class_counts"],
         "prunable_density": result["density"]["prunable_density"],
+        # Where the pruning went: per tensor (weight arms) or per channel group (channel arm).
+        "layer_density": result["density"].get("per_group") or result["density"]["per_tensor"],
         "overall_density": result["density"]["overall_density"],
         "parameters_nonzero": cost.parameters_nonzero,
         "macs_nonzero": cost.macs_nonzero,
