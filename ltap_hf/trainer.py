@@ -12,6 +12,7 @@ moments of the step loop (see FIELD_NOTES.md for the order of Trainer's hooks):
 from __future__ import annotations
 
 import bisect
+import gc
 import json
 import os
 from collections.abc import Sequence
@@ -478,3 +479,15 @@ def _atomic_write(path: str, write) -> None:
 
 
 __all__ = ["LTAPConfig", "LTAPTrainer", "load_pruning_state"]
+
+
+def end_distributed() -> None:
+    """Ends a script launched on several processes: call it once the trainer is gone (after the function
+    that held it returns). Frees what still holds the process group (the DDP wrapper sits in reference
+    cycles that only the garbage collector breaks), waits for every process, then destroys the group.
+    Otherwise gloo's threads outlive the group and a process can abort at exit ("terminate called
+    without an active exception") after all its work is done."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -25,7 +25,7 @@ from ltap_hf.hub import PruningReport
 from ltap_hf.data import DATASET_STATS, EvalTransform, TrainTransform, collate_fn, load_lt_dataset, read_lt_metadata
 from ltap_hf.metrics import long_tail_accuracy
 from ltap_hf.models.image_processing import make_image_processor
-from ltap_hf.trainer import LTAPConfig, LTAPTrainer
+from ltap_hf.trainer import LTAPConfig, LTAPTrainer, end_distributed
 
 
 logger = logging.get_logger("run_ltap")
@@ -155,7 +155,4 @@ def main(argv: list[str]) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    end_distributed()

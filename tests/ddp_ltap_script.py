@@ -8,11 +8,10 @@ import json
 import sys
 
 import torch
-import torch.distributed as dist
 from transformers import TrainerCallback
 
 from ltap_hf import LTResNetConfig, LTResNetForImageClassification
-from ltap_hf.trainer import LTAPConfig, LTAPTrainer
+from ltap_hf.trainer import LTAPConfig, LTAPTrainer, end_distributed
 from toy_data import TOY_COUNTS, toy_splits
 
 
@@ -60,9 +59,8 @@ def main(output_file: str, per_device_batch_size: int) -> None:
               "stages": recorder.stages, "scores_sha256": recorder.scores}
     with open(f"{output_file}.rank{trainer.args.process_index}.json", "w") as file:
         json.dump(result, file)
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]))
+    end_distributed()
