@@ -229,18 +229,19 @@ def test_uniform_allocation_thins_every_group_alike_and_cuts_macs_with_parameter
     groups = find_channel_groups(model)
     prunable = prunable_parameters(model)
     scores, alive = _magnitude_scores(groups, model)
-    for allocation in ("global", "uniform"):
+    def select_and_report(allocation: str) -> tuple[dict, dict]:
         selected = select_channel_groups(groups, scores, alive, 0.3, prunable, allocation=allocation)
         assert 0.27 < parameter_density(groups, selected, prunable) <= 0.3
         masked = copy.deepcopy(model)
         apply_group_masks(masked, groups, selected)
-        report = group_density_report(masked, groups, selected, (3, 32, 32))
-        fractions = report["per_group"].values()
-        if allocation == "global":
-            # Global magnitude ranking keeps the residual streams (many slices, large norms) whole.
-            assert max(fractions) == 1.0
+        return selected, group_density_report(masked, groups, selected, (3, 32, 32))
+
+    # Global magnitude ranking keeps the residual streams (many slices, large norms) whole.
+    assert max(select_and_report("global")[1]["per_group"].values()) == 1.0
     # Uniform: the same share of every group (up to rounding up one channel), its best-scored channels,
     # so every layer thins by about sqrt(density) and multiply-adds fall with the parameters.
+    selected, report = select_and_report("uniform")
+    fractions = report["per_group"].values()
     assert max(fractions) - min(fractions) < 1 / 16
     assert report["macs_kept"] / report["macs"] < 0.32
     for name, mask in selected.items():
