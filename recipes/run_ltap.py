@@ -48,6 +48,16 @@ class DataArguments:
     data_dir: str | None = field(default=None, metadata={"help": "Local source: Parquet folder or image root."})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "Where the built dataset is cached."})
     dataset_seed: int = field(default=0, metadata={"help": "Seed of the long-tailed selection (Cao et al.: 0)."})
+    val_per_class: int | None = field(
+        default=None,
+        metadata={"help": "Validation images per class (default: the dataset's, 20 for CIFAR-LT); drawn from the "
+                          "training images the long-tailed selection left out. Not for imagenet_lt (official split)."},
+    )
+    val_shortfall: str | None = field(
+        default=None,
+        metadata={"help": "A class with too few left-out images: 'from_train' (default: the rest from its own "
+                          "training images) or 'leave_short' (Cao et al.'s exact training set; it gets what there is)."},
+    )
 
 
 def _as_flags(options: dict) -> list[str]:
@@ -105,7 +115,8 @@ def main(argv: list[str]) -> dict:
     model_args, data_args, training_args = parse_args(argv)
     set_seed(training_args.seed)
     dataset = load_lt_dataset(data_args.dataset_name, imbalance_ratio=data_args.imbalance_ratio, data_dir=data_args.data_dir,
-                              cache_dir=data_args.dataset_cache_dir, seed=data_args.dataset_seed)
+                              cache_dir=data_args.dataset_cache_dir, seed=data_args.dataset_seed,
+                              val_per_class=data_args.val_per_class, val_shortfall=data_args.val_shortfall)
     metadata = read_lt_metadata(dataset)
     class_counts = metadata["class_counts"]["train"]
     class_names = dataset["train"].features["label"].names

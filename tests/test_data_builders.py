@@ -34,7 +34,9 @@ needs_cifar10 = pytest.mark.skipif(
     not (CIFAR10_DIR / "plain_text").is_dir(), reason=f"real CIFAR-10 Parquet files not found at {CIFAR10_DIR}"
 )
 needs_lt_splits = pytest.mark.skipif(not LT_SPLITS.is_dir(), reason=f"official split files not found at {LT_SPLITS}")
-CIFAR10_IR100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+CIFAR10_IR100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # Cao et al.'s selection
+# What train keeps by default: 20 airplanes go to validation, none being left over for it.
+CIFAR10_IR100_TRAIN = [4980, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 
 def image_bytes(split: datasets.Dataset) -> list[bytes]:
@@ -63,15 +65,19 @@ def cifar10_ir100(tmp_path_factory):
 @needs_cifar10
 def test_cifar10_lt_ir100_counts_and_metadata(cifar10_ir100):
     _, ds, _ = cifar10_ir100
-    assert ds["train"].num_rows == 12406
-    assert class_counts(ds["train"]["label"][:], 10) == CIFAR10_IR100
+    assert ds["train"].num_rows == 12386
+    assert class_counts(ds["train"]["label"][:], 10) == CIFAR10_IR100_TRAIN
     assert ds["train"].features["label"].names[:2] == ["airplane", "automobile"]
     metadata = read_lt_metadata(ds)
-    assert metadata["class_counts"]["train"] == CIFAR10_IR100
+    assert metadata["class_counts"]["train"] == CIFAR10_IR100_TRAIN
+    assert metadata["selected_class_counts"] == CIFAR10_IR100
     assert metadata["class_counts"]["test"] == [1000] * 10
-    # IR 100 keeps all 5,000 airplanes: none is left for validation, and the builder says so.
-    assert metadata["class_counts"]["validation"] == [0] + [20] * 9
-    assert metadata["validation_short_classes"] == {"0": 0}
+    # IR 100 selects all 5,000 airplanes: none is left over, so 20 of them go to validation.
+    assert metadata["class_counts"]["validation"] == [20] * 10
+    assert class_counts(ds["validation"]["label"][:], 10) == [20] * 10
+    assert metadata["validation_from_train"] == {"0": 20}
+    assert metadata["validation_short_classes"] == {}
+    assert metadata["val_shortfall"] == "from_train"
     assert (metadata["imbalance_ratio"], metadata["selection"], metadata["seed"]) == (100.0, "cao2019", 0)
     assert metadata["groups"] == {"many": list(range(8)), "medium": [8, 9], "few": []}
     assert len(metadata["fingerprint"]) == 64
@@ -88,7 +94,11 @@ def test_cifar10_lt_rows_are_the_selected_source_rows(cifar10_ir100):
     }
     indices = builder.split_indices()
     labels = source["train"]["label"].to_numpy()
-    assert indices["train"].tolist() == select_long_tailed_indices(labels, CIFAR10_IR100, seed=0).tolist()
+    selected = select_long_tailed_indices(labels, CIFAR10_IR100, seed=0).tolist()
+    moved = set(selected) - set(indices["train"].tolist())
+    # train is Cao et al.'s selection, in its order, less 20 airplanes that went to validation
+    assert indices["train"].tolist() == [row for row in selected if row not in moved]
+    assert len(moved) == 20 and set(labels[sorted(moved)]) == {0} and moved <= set(indices["validation"].tolist())
     for split, source_split in (("train", "train"), ("validation", "train"), ("test", "test")):
         rows = [row_of[source_split][sha1(data)] for data in image_bytes(ds[split])]
         assert rows == indices[split].tolist(), split
@@ -109,7 +119,7 @@ def test_cifar10_lt_fingerprint_reproducible_and_seed_sensitive(cifar10_ir100, t
     assert image_bytes(rebuilt["train"])[:50] == image_bytes(ds["train"])[:50]
     other = load_lt_dataset("cifar10_lt", 100, data_dir=str(CIFAR10_DIR), cache_dir=str(cache_dir), seed=1)
     assert read_lt_metadata(other)["fingerprint"] != fingerprint
-    assert read_lt_metadata(other)["class_counts"]["train"] == CIFAR10_IR100
+    assert read_lt_metadata(other)["class_counts"]["train"] == CIFAR10_IR100_TRAIN
     assert image_bytes(other["train"])[:50] != image_bytes(ds["train"])[:50]
 
 
@@ -151,21 +161,32 @@ def write_hub_parquet(folder: Path, split: str, labels: np.ndarray, label_column
     pq.write_table(table, folder / f"{split}-00000-of-00001.parquet")
 
 
-@pytest.mark.parametrize("imbalance_ratio, total", [(100, 10847), (50, 12608)])
-def test_cifar100_lt_on_synthetic_balanced_source(tmp_path, imbalance_ratio, total):
+@pytest.mark.parametrize("imbalance_ratio, selected_total", [(100, 10847), (50, 12608)])
+def test_cifar100_lt_on_synthetic_balanced_source(tmp_path, imbalance_ratio, selected_total):
     folder = tmp_path / "cifar100"
     folder.mkdir()
     train_labels = np.random.default_rng(0).permutation(np.repeat(np.arange(100), 500))
     write_hub_parquet(folder, "train", train_labels, "fine_label")
     write_hub_parquet(folder, "test", np.arange(100), "fine_label")
     ds = load_lt_dataset("cifar100_lt", imbalance_ratio, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))
-    assert ds["train"].num_rows == total
+    # class 0 keeps all its 500 source images: 20 of them go to validation
+    assert ds["train"].num_rows == selected_total - 20
     counts = long_tailed_counts(100, imbalance_ratio, 500)
+    selected = select_long_tailed_indices(train_labels, counts, seed=0).tolist()
     rows = [int(Path(p).stem) for p in image_paths(ds["train"])]
-    assert rows == select_long_tailed_indices(train_labels, counts, seed=0).tolist()
+    validation_rows = {int(Path(p).stem) for p in image_paths(ds["validation"])}
+    assert rows == [row for row in selected if row not in validation_rows]
+    assert len(set(selected) - set(rows)) == 20
     assert ds["train"]["label"][:] == train_labels[rows].tolist()
-    assert read_lt_metadata(ds)["class_counts"]["validation"] == [0] + [20] * 99  # class 0 keeps all 500
+    assert read_lt_metadata(ds)["class_counts"]["validation"] == [20] * 100
+    assert read_lt_metadata(ds)["class_counts"]["train"] == [counts[0] - 20, *counts[1:]]
     assert ds["train"].info.config_name == f"ir{imbalance_ratio}"
+
+    exact = load_lt_dataset("cifar100_lt", imbalance_ratio, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"),
+                            val_shortfall="leave_short")
+    assert [int(Path(p).stem) for p in image_paths(exact["train"])] == selected
+    assert exact["train"].num_rows == selected_total
+    assert read_lt_metadata(exact)["class_counts"]["validation"] == [0] + [20] * 99
 
 
 def write_cifar10_pickle_archive(path: Path, per_class: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +215,10 @@ def test_cifar10_lt_from_python_pickle_archive(tmp_path):
     builder.download_and_prepare()
     ds = builder.as_dataset()
     indices = builder.split_indices()
-    assert class_counts(ds["train"]["label"][:], 10) == long_tailed_counts(10, 4, 12)
+    selected = long_tailed_counts(10, 4, 12)
+    assert selected[0] == 12  # class 0 keeps all of its source images: 2 of them go to validation
+    assert class_counts(ds["train"]["label"][:], 10) == [10, *selected[1:]]
+    assert class_counts(ds["validation"]["label"][:], 10) == [2] * 10
     for split in ("train", "validation"):
         built = np.stack([np.asarray(image) for image in ds[split]["image"]])
         np.testing.assert_array_equal(built, images[indices[split]])
@@ -412,14 +436,30 @@ def write_coco_annotations(path: Path, lines: list[str]) -> None:
     )
 
 
+INAT_TRAIN_COUNTS = [6, 4, 2, 1]  # per class of the fixture's train list, long-tailed, down to one image
+
+
+def inaturalist_lines() -> tuple[list[str], list[str], list[int]]:
+    """(train lines, official validation lines, classes): the test split is the real lines of four
+    classes of iNaturalist18_val.txt; the train file is not in shared/data, so train lists stand-in
+    images of the same classes (same format), INAT_TRAIN_COUNTS of them."""
+    val = read_lines("iNaturalist18_val.txt")
+    classes = [int(line.rsplit(maxsplit=1)[1]) for line in val[:4]]
+    official = lines_of_classes(val, {c: slice(0, 3) for c in classes})
+    train = []
+    for c, n in zip(classes, INAT_TRAIN_COUNTS):
+        folder = next(line for line in official if line.endswith(f" {c}")).rsplit("/", 1)[0]
+        train += [f"{folder}/train_{c}_{k}.jpg {c}" for k in range(n)]
+    return train, official, classes
+
+
 @needs_lt_splits
 @pytest.mark.parametrize("annotations", ["txt", "json"])
 def test_inaturalist2018_follows_the_split_files(tmp_path, annotations):
-    lines = read_lines("iNaturalist18_val.txt")[:30]
-    train, val = lines[:20], lines[20:]  # the train file is not in shared/data: other val lines stand in
+    train, val, classes = inaturalist_lines()
     root = tmp_path / "inat"
     root.mkdir()
-    write_images(root, lines)
+    write_images(root, train + val)
     if annotations == "txt":
         (root / "iNaturalist18_train.txt").write_text("\n".join(train) + "\n")
         (root / "iNaturalist18_val.txt").write_text("\n".join(val) + "\n")
@@ -427,15 +467,36 @@ def test_inaturalist2018_follows_the_split_files(tmp_path, annotations):
         write_coco_annotations(root / "train2018.json", train)
         write_coco_annotations(root / "val2018.json", val)
     ds = load_lt_dataset("inaturalist2018", data_dir=str(root), cache_dir=str(tmp_path / "c"))
-    for split, split_lines in (("train", train), ("validation", val), ("test", val)):
-        expected = [line.rsplit(maxsplit=1) for line in split_lines]
-        assert image_paths(ds[split]) == [str(root / path) for path, _ in expected]
-        assert ds[split]["label"][:] == [int(label) for _, label in expected]
+    assert list(ds) == ["train", "validation", "test"]
+    # test: the official validation list, as it is
+    expected = [line.rsplit(maxsplit=1) for line in val]
+    assert image_paths(ds["test"]) == [str(root / path) for path, _ in expected]
+    assert ds["test"]["label"][:] == [int(label) for _, label in expected]
+    # validation: one image per class held out of the train list (a class keeps at least one)
+    listed = {str(root / path): int(label) for path, label in (line.rsplit(maxsplit=1) for line in train)}
+    train_paths, validation_paths = image_paths(ds["train"]), image_paths(ds["validation"])
+    assert sorted(train_paths + validation_paths) == sorted(listed)
+    assert not set(train_paths) & set(validation_paths)
+    assert not (set(train_paths) | set(validation_paths)) & set(image_paths(ds["test"]))
+    assert [listed[p] for p in validation_paths] == ds["validation"]["label"][:] == sorted(classes[:3])  # by class
+    assert [p for p in listed if p not in validation_paths] == train_paths  # the list's order is kept
+    metadata = read_lt_metadata(ds)
+    assert [metadata["class_counts"]["train"][c] for c in classes] == [5, 3, 1, 1]
+    assert [metadata["selected_class_counts"][c] for c in classes] == INAT_TRAIN_COUNTS
+    assert metadata["imbalance_ratio"] == 6.0  # of the list
+    assert metadata["validation_short_classes"] == {str(classes[3]): 0}  # its only image stays in train
+    assert (metadata["seed"], metadata["val_per_class"]) == (0, 1)
     names = ds["train"].features["label"].names
-    first_label = int(train[0].rsplit(maxsplit=1)[1])
     assert len(names) == 8142
-    assert names[first_label] == (str(first_label) if annotations == "txt" else f"species {first_label}")
-    assert "test is the official validation set" in read_lt_metadata(ds)["notes"]
+    assert names[classes[0]] == (str(classes[0]) if annotations == "txt" else f"species {classes[0]}")
+    assert "test is the official validation set" in metadata["notes"]
+
+    reseeded = load_lt_dataset("inaturalist2018", data_dir=str(root), cache_dir=str(tmp_path / "c"), seed=3,
+                               val_per_class=2)
+    assert [read_lt_metadata(reseeded)["class_counts"]["validation"][c] for c in classes] == [2, 2, 1, 0]
+    assert read_lt_metadata(reseeded)["fingerprint"] != metadata["fingerprint"]
+    whole = load_lt_dataset("inaturalist2018", data_dir=str(root), cache_dir=str(tmp_path / "c"), val_per_class=0)
+    assert list(whole) == ["train", "test"] and image_paths(whole["train"]) == list(listed)
 
 
 def test_inaturalist2018_without_root_explains_download(tmp_path):

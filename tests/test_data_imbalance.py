@@ -14,6 +14,7 @@ from ltap_hf.data import (
     select_balanced_indices,
     select_long_tailed_indices,
     split_groups,
+    top_up_from_train,
 )
 
 
@@ -189,3 +190,20 @@ def test_selection_needing_more_than_a_class_has():
     labels = np.array([0] * 5 + [1] * 2)
     with pytest.raises(ValueError, match="class 1 needs 3 images but the source has only 2"):
         select_long_tailed_indices(labels, [5, 3])
+
+
+def test_top_up_from_train_moves_only_the_shortfall_and_keeps_one_training_image():
+    labels = np.repeat(np.arange(4), [10, 10, 3, 1])
+    train = np.array([9, 0, 8, 1, 2, 3, 10, 11, 20, 21, 23])  # class 0: 6, class 1: 2, class 2: 2, class 3: 1
+    validation = np.array([4, 5, 12, 13, 14, 15, 22])  # class 0: 2, class 1: 4, class 2: 1, class 3: 0
+    kept, held = top_up_from_train(labels, train, validation, per_class=4, num_classes=4, seed=[0, 3])
+    assert np.bincount(labels[held], minlength=4).tolist() == [4, 4, 2, 0]  # class 2 and 3 keep one image
+    assert np.bincount(labels[kept], minlength=4).tolist() == [4, 2, 1, 1]
+    assert sorted(kept.tolist() + held.tolist()) == sorted(train.tolist() + validation.tolist())
+    assert kept.tolist() == [i for i in train.tolist() if i not in set(held.tolist())]  # train order kept
+    assert held.tolist() == sorted(held.tolist(), key=lambda i: (labels[i], i))  # class by class, ascending
+    again = top_up_from_train(labels, train, validation, per_class=4, num_classes=4, seed=[0, 3])
+    assert again[1].tolist() == held.tolist()
+    assert {tuple(top_up_from_train(labels, train, validation, 4, 4, seed=[s, 3])[1]) for s in range(8)} != {tuple(held)}
+    unchanged = top_up_from_train(labels, train, validation, per_class=1, num_classes=4, seed=0)
+    assert unchanged[0].tolist() == train.tolist() and unchanged[1].tolist() == validation.tolist()

@@ -13,8 +13,9 @@ from .imbalance import (
     select_balanced_indices,
     select_long_tailed_indices,
     split_groups,
+    top_up_from_train,
 )
-from .inaturalist2018 import Inaturalist2018
+from .inaturalist2018 import Inaturalist2018, Inaturalist2018Config
 from .loading import LT_BUILDERS, export_parquet, load_lt_dataset, load_lt_dataset_builder
 from .lt_builder import LongTailedConfig
 from .metadata import read_lt_metadata
@@ -34,6 +35,7 @@ __all__ = [
     "EvalTransform",
     "ImagenetLT",
     "Inaturalist2018",
+    "Inaturalist2018Config",
     "LongTailedConfig",
     "OfficialSplitConfig",
     "TrainTransform",
@@ -49,4 +51,5 @@ __all__ = [
     "select_balanced_indices",
     "select_long_tailed_indices",
     "split_groups",
+    "top_up_from_train",
 ]

@@ -22,7 +22,10 @@ CIFAR100_CLASS_NAMES = (
 
 
 class Cifar100LT(CifarLTBuilder):
-    """CIFAR-100-LT. Config ``ir100`` keeps 10,847 training images, ``ir50`` 12,608 (500 down to 5/10)."""
+    """CIFAR-100-LT. Config ``ir100`` selects 10,847 training images, ``ir50`` 12,608 (500 down to
+    5/10, Cao et al.); 20 of class 0's 500 then go to validation (nothing else is left for it), so
+    train has 10,827 / 12,588 images. ``val_shortfall="leave_short"`` keeps Cao et al.'s selection
+    and gives class 0 no validation image."""
 
     BUILDER_CONFIGS = cifar_configs("uoft-cs/cifar100")
     CLASS_NAMES = CIFAR100_CLASS_NAMES

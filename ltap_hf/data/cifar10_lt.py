@@ -11,7 +11,10 @@ CIFAR10_CLASS_NAMES = (
 
 
 class Cifar10LT(CifarLTBuilder):
-    """CIFAR-10-LT. Config ``ir100`` keeps 12,406 training images (5000 down to 50 per class)."""
+    """CIFAR-10-LT. Config ``ir100`` selects 12,406 training images (5000 down to 50 per class, Cao
+    et al.); 20 of the 5,000 airplanes then go to validation (nothing else is left for it), so train
+    has 12,386 images (4980, 2997, ..., 50) and every class 20 validation images.
+    ``val_shortfall="leave_short"`` keeps all 12,406 and gives airplane no validation image."""
 
     BUILDER_CONFIGS = cifar_configs("uoft-cs/cifar10")
     CLASS_NAMES = CIFAR10_CLASS_NAMES

@@ -9,12 +9,17 @@ Splits (all drawn from ``load_digits()``, indices into it):
 - ``train``: Cao et al.'s long-tailed selection from the remaining images in their original order
   (default ``n_max=110``, ``imbalance_ratio=10``: 110 down to 11 per class, 446 images; many, medium
   and few groups are all non-empty);
-- ``validation``: ``val_per_class`` (default 10) of the remaining unused images per class.
+- ``validation``: ``val_per_class`` (default 10) of the remaining unused images per class (every
+  class has at least 18 left at the default ``n_max=110``, so ``train`` is exactly the selection).
+
+It reads no files: a ``data_dir`` is an error (``load_lt_dataset`` still reads a folder written by
+``export_parquet``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +53,15 @@ class DigitsLT(LongTailedBuilder):
     CLASS_NAMES = tuple(str(digit) for digit in range(10))
     SUMMARY = "digits-LT: scikit-learn's 8x8 handwritten digits (grayscale), long-tailed train split."
     HOMEPAGE = "https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.config.data_dir is not None:
+            raise ValueError(
+                f"digits_lt is embedded (scikit-learn's load_digits) and reads no files: pass no data_dir, "
+                f"got data_dir={self.config.data_dir!r} (load_lt_dataset reads a folder written by export_parquet, "
+                "recognised by its lt_metadata.json)"
+            )
 
     def _load_source(self) -> BalancedSource:
         try:

@@ -7,7 +7,9 @@ from .official_splits import OfficialSplitBuilder
 
 class ImagenetLT(OfficialSplitBuilder):
     """ImageNet-LT: 1,000 classes; train 115,846 images (1,280 down to 5 per class), validation
-    20 per class (from ILSVRC train), test 50 per class (the ILSVRC validation set)."""
+    20 per class (ILSVRC train images that the train list leaves out), test 50 per class (the ILSVRC
+    validation set). All three come from the official files, which are disjoint (the build checks it),
+    so ``val_per_class`` and ``seed`` do not apply."""
 
     NUM_CLASSES = 1000
     SPLIT_FILES = {

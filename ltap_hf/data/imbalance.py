@@ -204,6 +204,59 @@ def select_balanced_indices(
     return np.concatenate(drawn).astype(np.int64)
 
 
+def top_up_from_train(
+    labels: Sequence[int] | np.ndarray,
+    train: np.ndarray,
+    validation: np.ndarray,
+    per_class: int,
+    num_classes: int,
+    seed: int | Sequence[int],
+    min_train: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move training images of the classes with fewer than `per_class` validation images into
+    validation, until each has `per_class` or its training images are down to `min_train`.
+
+    How a class whose unused source images run short still gets validation images (CIFAR-LT's
+    class 0 keeps all of its source images; at imbalance ratio 1 every class does).
+
+    Args:
+        labels: ``[N]`` integer class labels of the source, in source order.
+        train: source indices of the training split (any order; the order is kept).
+        validation: source indices of the validation split so far.
+        per_class: validation images wanted per class.
+        num_classes: number of classes.
+        seed: seed (or seed sequence) of the ``numpy.random.default_rng`` generator of the draw;
+            classes are drawn in class order, each from its training indices in `train` order.
+        min_train: training images a class keeps at least.
+
+    Returns:
+        ``(train, validation)``: `train` without the moved indices, in its order; `validation`
+        with them, class by class, ascending within a class.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    train = np.asarray(train, dtype=np.int64)
+    validation = np.asarray(validation, dtype=np.int64)
+    have = np.bincount(labels[validation], minlength=num_classes)
+    # Group the training indices by class once (a stable sort keeps `train` order within a class):
+    # iNaturalist has 8,142 classes over 437,513 images.
+    order = np.argsort(labels[train], kind="stable")
+    bounds = np.searchsorted(labels[train][order], np.arange(num_classes + 1))
+    generator = np.random.default_rng(seed)
+    moved = []
+    for class_index in range(num_classes):
+        pool = train[order[bounds[class_index] : bounds[class_index + 1]]]
+        take = min(per_class - int(have[class_index]), len(pool) - min_train)
+        if take > 0:
+            moved.append(generator.choice(pool, size=take, replace=False))
+    if not moved:
+        return train, validation
+    moved_indices = np.concatenate(moved)
+    train = train[~np.isin(train, moved_indices)]
+    validation = np.concatenate([validation, moved_indices])
+    validation = validation[np.lexsort((validation, labels[validation]))]
+    return train, validation
+
+
 def indices_fingerprint(split_indices: Mapping[str, np.ndarray]) -> str:
     """SHA-256 (hex) of the source indices of every split, in split-name order."""
     digest = hashlib.sha256()

@@ -1,10 +1,22 @@
 """Base builder for datasets made long-tailed from a balanced source (CIFAR-LT, digits-LT).
 
-Splits:
-- ``train``: the long-tailed subset of the source train split (`select_long_tailed_indices`);
+Splits, pairwise disjoint:
+- ``train``: the long-tailed subset of the source train split (`select_long_tailed_indices`), less
+  the images moved to validation by ``val_shortfall="from_train"`` (below);
 - ``validation``: balanced, ``val_per_class`` images per class drawn with
-  ``numpy.random.default_rng([seed, 1])`` from the source train images that ``train`` did not keep
-  (a class with fewer such images gives what it has; the metadata lists it);
+  ``numpy.random.default_rng([seed, 1])`` from the source train images that the long-tailed
+  selection did not keep. A class with fewer such images (CIFAR-LT's class 0 keeps all of its source
+  images; at imbalance ratio 1 every class does):
+  - ``val_shortfall="from_train"`` (default): gets the missing images from its own selected training
+    images, drawn with ``numpy.random.default_rng([seed, 3])``, which then leave ``train`` (a class
+    keeps at least one training image). CIFAR-10-LT IR 100 trains on 4,980 airplanes instead of
+    5,000 (12,386 images in all); every class has ``val_per_class`` validation images.
+  - ``val_shortfall="leave_short"``: gets what there is; ``train`` is exactly Cao et al.'s selection
+    (CIFAR-10-LT IR 100: 12,406 images, no airplane in validation). At imbalance ratio 1 nothing is
+    left for validation and the build stops with an error saying so.
+  Either way the metadata records the selected and the real training counts, the classes given
+  images from training (``validation_from_train``) and those left short (``validation_short_classes``).
+  ``val_per_class=0``: no validation split.
 - ``test``: the balanced source test split, complete.
 """
 
@@ -28,6 +40,7 @@ from .imbalance import (
     long_tailed_counts,
     select_balanced_indices,
     select_long_tailed_indices,
+    top_up_from_train,
     validate_choice,
     validate_imbalance_ratio,
     validate_int,
@@ -41,8 +54,12 @@ logger = logging.getLogger(__name__)
 # without two draws sharing a random stream.
 VALIDATION_STREAM = 1
 HOLDOUT_STREAM = 2
+SHORTFALL_STREAM = 3
 # Part of the cache path: bump it when a change of this package changes what a config builds.
-DATA_VERSION = datasets.Version("1.0.0")
+# 2.0.0: validation short of `val_per_class` is topped up from training by default; iNaturalist's
+# validation is held out of its train list.
+DATA_VERSION = datasets.Version("2.0.0")
+VAL_SHORTFALLS = ("from_train", "leave_short")
 
 CAO2019_CITATION = """@inproceedings{cao2019ldam,
   title={Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss},
@@ -61,8 +78,12 @@ class LongTailedConfig(datasets.BuilderConfig):
         profile: ``"exp"`` or ``"step"`` class-count profile.
         n_max: images of class 0; ``None``: the smallest class of the source train split.
         selection: ``"cao2019"`` (Cao et al.'s seeded shuffle) or ``"first"`` (source order).
-        seed: seed of the selection and of the validation draw.
-        val_per_class: images per class in the balanced validation split.
+        seed: seed of the selection and of the validation draws.
+        val_per_class: images per class in the balanced validation split, drawn from the source
+            train images the selection left out; ``0``: no validation split.
+        val_shortfall: what a class with fewer left-out images gets: ``"from_train"`` (default)
+            the rest from its own selected training images, which leave train; ``"leave_short"``
+            only what there is, train being exactly the selection (see the module docstring).
     """
 
     version: datasets.Version | str | None = DATA_VERSION
@@ -72,6 +93,7 @@ class LongTailedConfig(datasets.BuilderConfig):
     selection: str = "cao2019"
     seed: int = 0
     val_per_class: int = 20
+    val_shortfall: str = "from_train"
 
     def validate(self, num_classes: int) -> None:
         """Raise a `ValueError` naming the first bad field."""
@@ -80,6 +102,7 @@ class LongTailedConfig(datasets.BuilderConfig):
         validate_choice("selection", self.selection, SELECTIONS)
         validate_int("seed", self.seed, 0, 2**32)
         validate_int("val_per_class", self.val_per_class, 0)
+        validate_choice("val_shortfall", self.val_shortfall, VAL_SHORTFALLS)
         if self.n_max is not None:
             long_tailed_counts(num_classes, self.imbalance_ratio, self.n_max, self.profile)
 
@@ -176,19 +199,41 @@ class LongTailedBuilder(datasets.GeneratorBasedBuilder):
             return self.config.n_max
         return min(class_counts(self.source.train.labels, len(self.CLASS_NAMES)))
 
+    def _selected_counts(self) -> list[int]:
+        """Images per class of the long-tailed selection (before any move to validation)."""
+        return long_tailed_counts(len(self.CLASS_NAMES), self.config.imbalance_ratio, self._n_max(), self.config.profile)
+
     def _split_positions(self) -> dict[str, np.ndarray]:
         """Row positions of every split inside its source split (train and validation: source
-        train; test: source test)."""
+        train; test: source test). No ``validation`` when ``val_per_class`` is 0."""
         config, source = self.config, self.source
         num_classes = len(self.CLASS_NAMES)
-        n_max = self._n_max()
-        counts = long_tailed_counts(num_classes, config.imbalance_ratio, n_max, config.profile)
-        check_n_max(n_max, class_counts(source.train.labels, num_classes), self.CLASS_NAMES)
-        train = select_long_tailed_indices(source.train.labels, counts, config.seed, config.selection)
+        labels = source.train.labels
+        check_n_max(self._n_max(), class_counts(labels, num_classes), self.CLASS_NAMES)
+        train = select_long_tailed_indices(labels, self._selected_counts(), config.seed, config.selection)
+        test = np.arange(len(source.test.labels))
+        if config.val_per_class == 0:
+            return {"train": train, "test": test}
         validation = select_balanced_indices(
-            source.train.labels, config.val_per_class, num_classes, [config.seed, VALIDATION_STREAM], exclude=train
+            labels, config.val_per_class, num_classes, [config.seed, VALIDATION_STREAM], exclude=train
         )
-        return {"train": train, "validation": validation, "test": np.arange(len(source.test.labels))}
+        if config.val_shortfall == "from_train":
+            train, validation = top_up_from_train(
+                labels, train, validation, config.val_per_class, num_classes, [config.seed, SHORTFALL_STREAM]
+            )
+        if len(validation) == 0:
+            reason = (
+                "val_shortfall='leave_short' takes none from training; use val_shortfall='from_train' (the "
+                "default) to hold val_per_class images of each class out of its training images"
+                if config.val_shortfall == "leave_short"
+                else "and every class has a single training image; lower imbalance_ratio or raise n_max"
+            )
+            raise ValueError(
+                f"{self.dataset_name}: no source training image is left for validation (imbalance_ratio="
+                f"{config.imbalance_ratio:g} keeps every image of every class) and {reason}, or pass "
+                "val_per_class=0 for no validation split"
+            )
+        return {"train": train, "validation": validation, "test": test}
 
     def _source_split(self, split: str) -> SourceSplit:
         return self.source.test if split == "test" else self.source.train
@@ -206,11 +251,20 @@ class LongTailedBuilder(datasets.GeneratorBasedBuilder):
         positions = self._split_positions()
         labels = {split: self._source_split(split).labels[rows] for split, rows in positions.items()}
         summary = summarize_splits(labels, len(self.CLASS_NAMES))
-        validation_counts = summary["class_counts"]["validation"]
+        selected = self._selected_counts()
+        from_train = {
+            str(c): selected[c] - n for c, n in enumerate(summary["class_counts"]["train"]) if n < selected[c]
+        }
+        validation_counts = summary["class_counts"].get("validation", [])
         short = {str(c): n for c, n in enumerate(validation_counts) if n < config.val_per_class}
+        if from_train:
+            logger.info(
+                "%s: validation images held out of the training images of classes with too few left-out "
+                "images (class: images): %s", self.dataset_name, from_train,
+            )
         if short:
             logger.warning(
-                "%s: classes with fewer than val_per_class=%d images left for validation (class: images): %s",
+                "%s: classes with fewer than val_per_class=%d validation images (class: images): %s",
                 self.dataset_name, config.val_per_class, short,
             )
         write_lt_metadata(
@@ -227,6 +281,9 @@ class LongTailedBuilder(datasets.GeneratorBasedBuilder):
                 "selection": config.selection,
                 "seed": int(config.seed),
                 "val_per_class": int(config.val_per_class),
+                "val_shortfall": config.val_shortfall,
+                "selected_class_counts": selected,
+                "validation_from_train": from_train,
                 "validation_short_classes": short,
                 "fingerprint": indices_fingerprint(self._source_ids(positions)),
                 **summary,

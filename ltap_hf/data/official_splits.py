@@ -4,6 +4,10 @@ A split file lists one image per line, ``relative/path label``; iNaturalist's CO
 annotations (``images[].file_name`` + ``annotations[].category_id``) are read too. The images
 themselves need a manual download (see each builder's ``manual_download_instructions``); the built
 dataset stores their absolute paths, not copies (`export_parquet` embeds the bytes).
+
+Train, validation and test are pairwise disjoint: the build checks it (by image path) and stops with
+an error naming an image listed twice. A builder whose benchmark ships no validation split of its own
+(iNaturalist 2018) derives it from the train list (`OfficialSplitBuilder._derive_splits`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from .imbalance import class_counts
 from .lt_builder import DATA_VERSION
 from .metadata import summarize_splits, write_lt_metadata
 
@@ -145,10 +150,13 @@ class OfficialSplitBuilder(datasets.GeneratorBasedBuilder):
             names.update(split_names)
             self._check_images(root, splits[split])
         self.info.features = self._features(self._class_names(splits, names))
+        listed = class_counts(splits["train"].labels, self.NUM_CLASSES)
+        splits = self._derive_splits(splits)
+        check_disjoint(splits)
         summary = summarize_splits(
             {split: np.asarray(entries.labels, dtype=np.int64) for split, entries in splits.items()}, self.NUM_CLASSES
         )
-        present = [n for n in summary["class_counts"]["train"] if n > 0]
+        present = [n for n in listed if n > 0]
         write_lt_metadata(
             self.info,
             {
@@ -158,11 +166,14 @@ class OfficialSplitBuilder(datasets.GeneratorBasedBuilder):
                 "notes": self.NOTES,
                 "source": {"image_root": str(root), "split_files": {s: str(e.file) for s, e in splits.items()}},
                 "num_classes": self.NUM_CLASSES,
+                # of the official train list: the benchmark's imbalance, whatever validation takes from it
                 "imbalance_ratio": max(present) / min(present) if present else None,
                 "selection": "official split files",
                 "seed": None,
+                "selected_class_counts": listed,
                 "fingerprint": entries_fingerprint(splits),
                 **summary,
+                **self._derived_metadata(listed, summary),
             },
         )
         return [
@@ -170,9 +181,31 @@ class OfficialSplitBuilder(datasets.GeneratorBasedBuilder):
             for split, entries in splits.items()
         ]
 
+    def _derive_splits(self, splits: dict[str, SplitEntries]) -> dict[str, SplitEntries]:
+        """The splits to build from those read from the files (default: as read)."""
+        return splits
+
+    def _derived_metadata(self, listed: list[int], summary: dict[str, Any]) -> dict[str, Any]:
+        """Metadata of what `_derive_splits` did (default: nothing)."""
+        return {}
+
     def _generate_examples(self, root: Path, entries: SplitEntries) -> Iterator[tuple[int, dict[str, Any]]]:
         for key, (relative_path, label) in enumerate(zip(entries.paths, entries.labels)):
             yield key, {"image": str(root / relative_path), "label": label}
+
+
+def check_disjoint(splits: dict[str, SplitEntries]) -> None:
+    """Raise a `ValueError` if an image path is listed in two splits."""
+    seen: dict[str, str] = {}
+    for split, entries in splits.items():
+        for relative_path in entries.paths:
+            other = seen.setdefault(relative_path, split)
+            if other != split:
+                raise ValueError(
+                    f"{relative_path!r} is listed in both the {other} split ({splits[other].file}) and the {split} "
+                    f"split ({entries.file}): the splits must not share images (the model would be selected or "
+                    "scored on images it trained on); check the split files"
+                )
 
 
 def entries_fingerprint(splits: dict[str, SplitEntries]) -> str:
