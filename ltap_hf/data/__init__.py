@@ -47,9 +47,20 @@ __all__ = [
     "load_lt_dataset_builder",
     "long_tailed_counts",
     "make_long_tailed",
+    "push_lt_dataset",
     "read_lt_metadata",
     "select_balanced_indices",
     "select_long_tailed_indices",
     "split_groups",
     "top_up_from_train",
 ]
+
+
+def __getattr__(name: str):
+    # Imported on first use, so that `python -m ltap_hf.data.publish` does not find the module
+    # already imported by its package (runpy warns about that).
+    if name == "push_lt_dataset":
+        from .publish import push_lt_dataset
+
+        return push_lt_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
