@@ -12,9 +12,11 @@ moments of the step loop (see FIELD_NOTES.md for the order of Trainer's hooks):
 from __future__ import annotations
 
 import bisect
+import contextlib
 import gc
 import json
 import os
+import random
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -22,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import broadcast
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.amp.grad_scaler import OptState
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
@@ -249,6 +253,9 @@ class LTAPTrainer(Trainer):
         self._vote_dataloader = None
         self._loss_fn = None
         self._resumed_state: tuple[dict, dict] | None = None
+        self._rng_checkpoint: str | None = None
+        self._rng_restored_early = False
+        self._rng_before_fetch: dict | None = None
         self.card_report = None
         self.add_callback(_LTAPCallback(self))
 
@@ -323,12 +330,32 @@ class LTAPTrainer(Trainer):
         return {}
 
     def _accumulate(self) -> None:
-        scaled = self.accelerator.scaler is not None
-        if scaled and not self.args.max_grad_norm:
-            # fp16: the gradients are still scaled unless clipping unscaled them (it does when it runs).
+        if self._scaler_skips_step():
+            logger.warning(f"LTAP: the loss scaler skips step {self.state.global_step + 1} (inf/nan gradients); "
+                           "it is left out of the scores")
+            return
+        self.pruner.accumulate()
+
+    def _scaler_skips_step(self) -> bool:
+        """fp16 with a loss scaler: makes sure the gradients are unscaled and returns whether the scaler will
+        skip this optimizer step, by its own inf/nan verdict.
+
+        Trainer unscales at every optimizer step, clipping or not: its gradient norm goes through
+        `accelerator.clip_grad_norm_` (with an infinite norm when clipping is off), which unscales first.
+        The gradients are all-reduced by then, so every process reads the same verdict. GradScaler keeps
+        both facts in its per-optimizer state only; reading it there is what keeps a second `unscale_`
+        (an error) from being called, and the scores in step with the steps the optimizer really takes.
+        """
+        scaler = self.accelerator.scaler
+        if scaler is None:
+            return False
+        optimizer = self.optimizer
+        while isinstance(optimizer, AcceleratedOptimizer):
+            optimizer = optimizer.optimizer
+        state = scaler._per_optimizer_states[id(optimizer)]
+        if state["stage"] is not OptState.UNSCALED:
             self.accelerator.unscale_gradients()
-        if not self.pruner.accumulate(skip_non_finite=scaled):
-            logger.warning(f"LTAP: non-finite gradients at step {self.state.global_step + 1}, left out of the scores")
+        return any(bool(found_inf) for found_inf in state["found_inf_per_device"].values())
 
     def _accumulating(self, step: int) -> bool:
         """Whether optimizer step `step` (1-based) feeds a coming stage's scores."""
@@ -341,7 +368,9 @@ class LTAPTrainer(Trainer):
         was_training = model.training
         model.eval()
         predictions, references = [], []
-        for batch in self._vote_dataloader:
+        with _forked_rng():
+            batches = list(self._vote_dataloader)
+        for batch in batches:
             batch = self._prepare_inputs(batch)
             labels = batch.pop("labels")
             with self.autocast_smart_context_manager():
@@ -434,6 +463,57 @@ class LTAPTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
         self._resumed_state = load_pruning_state(resume_from_checkpoint)
+        self._rng_checkpoint = resume_from_checkpoint
+
+    # Exact resumes inside an epoch. Accelerate's data loader fetches one batch ahead, so when a checkpoint
+    # is written the random augmentation of the next batch (`with_transform` draws from the global RNGs)
+    # has already been drawn, and Trainer's RNG file holds the states after it; Trainer also restores them
+    # only after fetching the first resumed batch. Both are moved: the checkpoint keeps the states from
+    # just before that look-ahead fetch, and a resume restores them before its first fetch. Nothing else
+    # may draw from the global RNGs in between: the epoch's data-loader iterator draws its base seed from
+    # a generator of its own, and evaluation (Trainer's and the vote's) runs on forked RNGs.
+
+    def get_train_dataloader(self):
+        dataloader = super().get_train_dataloader()
+        getattr(dataloader, "base_dataloader", dataloader).generator = torch.Generator().manual_seed(self.args.seed)
+        return dataloader
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if self._rng_checkpoint is not None and not self.args.ignore_data_skip:
+            super()._load_rng_state(self._rng_checkpoint)
+            self._rng_checkpoint, self._rng_restored_early = None, True
+        return super().get_batch_samples(self._recording_rng_states(epoch_iterator), num_batches, device)
+
+    def _recording_rng_states(self, iterator):
+        while True:
+            self._rng_before_fetch = _rng_states()
+            try:
+                yield next(iterator)
+            except StopIteration:
+                return
+
+    def _save_rng_state(self, output_dir):
+        if self._rng_before_fetch is None or self.state.global_step % self._steps_per_epoch == 0:
+            # At an epoch boundary nothing was fetched ahead: the next epoch draws from the states now.
+            return super()._save_rng_state(output_dir)
+        now = _rng_states()
+        _set_rng_states(self._rng_before_fetch)
+        try:
+            super()._save_rng_state(output_dir)
+        finally:
+            _set_rng_states(now)
+
+    def _load_rng_state(self, checkpoint):
+        if self._rng_restored_early:
+            self._rng_restored_early = False
+            return
+        # At an epoch boundary Trainer restores before the epoch's first fetch, as it should.
+        self._rng_checkpoint = None
+        super()._load_rng_state(checkpoint)
+
+    def evaluate(self, *args, **kwargs):
+        with _forked_rng():
+            return super().evaluate(*args, **kwargs)
 
     def _check_resumed_state(self, meta: dict) -> None:
         settings = json.loads(json.dumps(self.args.ltap_settings(), default=str))
@@ -466,6 +546,33 @@ def load_pruning_state(folder: str) -> tuple[dict[str, torch.Tensor], dict]:
     if meta.get("format_version") != STATE_FORMAT_VERSION:
         raise ValueError(f"{config} has format_version {meta.get('format_version')}, this library reads {STATE_FORMAT_VERSION}")
     return tensors, meta
+
+
+def _rng_states() -> dict:
+    """The global RNG states that data transforms draw from: Python's, NumPy's, torch's (CPU and CUDA)."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.random.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.random.set_rng_state(states["cpu"])
+    if "cuda" in states:
+        torch.cuda.random.set_rng_state_all(states["cuda"])
+
+
+@contextlib.contextmanager
+def _forked_rng():
+    """Runs its body on copies of the global RNG states: whatever it draws, the training draws after it
+    are the ones they would have been without it."""
+    states = _rng_states()
+    try:
+        yield
+    finally:
+        _set_rng_states(states)
 
 
 def _atomic_write(path: str, write) -> None:

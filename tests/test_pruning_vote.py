@@ -112,7 +112,12 @@ def test_state_round_trip_through_safetensors_continues_identically():
     assert torch.equal(resumed.state_dict()["votes"], straight.state_dict()["votes"])
 
     with pytest.raises(ValueError, match="votes has shape"):
-        ClassVote(criteria[:2], counts).load_state_dict(interrupted.state_dict())
+        ClassVote(criteria[:2], counts, seed=1).load_state_dict(interrupted.state_dict())
+    # The seed draws the suppressions: a state of another seed is refused, one saved before seeds were is taken.
+    with pytest.raises(ValueError, match="saved with seed 1, this vote has seed 0"):
+        ClassVote(criteria, counts, seed=0).load_state_dict(interrupted.state_dict())
+    unseeded = {k: v for k, v in interrupted.state_dict().items() if k != "seed"}
+    ClassVote(criteria, counts, seed=0).load_state_dict(unseeded)
 
 
 def test_vote_off_keeps_alpha_uniform_and_votes_untouched():

@@ -176,24 +176,19 @@ class LTAPPruner:
         return self.units.density(self.alive)
 
     @torch.no_grad()
-    def accumulate(self, skip_non_finite: bool = False) -> bool:
+    def accumulate(self) -> None:
         """Adds this optimizer step's gradients (weight-decay term included) to the score statistics.
 
-        Call while `.grad` holds the synchronised, unscaled gradient of the step, before the optimizer
-        moves the weights. A tensor without a gradient this step (unused in the forward pass) counts as
-        zero. With `skip_non_finite` (fp16 with a loss scaler, whose optimizer skips overflowing steps), a
-        step with a non-finite gradient is left out and False is returned; the check costs a reduction per
-        tensor (and a device sync), so it is off otherwise.
+        Call while `.grad` holds the synchronised, unscaled gradient of a step the optimizer takes, before
+        it moves the weights. A tensor without a gradient this step (unused in the forward pass) counts
+        as zero.
         """
         grads = {}
         for name, weight in self.parameters.items():
             grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
             decay = self.weight_decay[name]
             grads[name] = grad.add(weight, alpha=decay) if decay else grad
-        if skip_non_finite and not torch.stack([torch.isfinite(g).all() for g in grads.values()]).all():
-            return False
         self.accumulator.update(self.parameters, grads)
-        return True
 
     @torch.no_grad()
     def apply_masks(self) -> None:

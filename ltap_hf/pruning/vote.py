@@ -179,8 +179,10 @@ class ClassVote:
         return min(index, len(probabilities) - 1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors only (safetensors-ready): votes D, stage, previous accuracies and validation mask, last m."""
+        """Tensors only (safetensors-ready): votes D, stage, previous accuracies and validation mask, last m,
+        and the seed of the suppression draws."""
         return {
+            "seed": torch.tensor(self.seed, dtype=torch.int64),
             "votes": self.votes.clone(),
             "stage": torch.tensor(self.stage, dtype=torch.int64),
             "previous_accuracy": self.previous_accuracy.clone(),
@@ -189,14 +191,24 @@ class ClassVote:
         }
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore what `state_dict` wrote; the vote then continues exactly as the saved one would."""
+        """Restore what `state_dict` wrote; the vote then continues exactly as the saved one would.
+
+        A state saved under another seed is refused: the seed draws every later suppression, so the
+        resumed vote would silently differ from the saved run's. (A state written before the seed was
+        saved has no "seed" and is taken as it is.)
+        """
         expected = set(self.state_dict())
-        if set(state) != expected:
+        if set(state) not in (expected, expected - {"seed"}):
             raise ValueError(f"vote state must have keys {sorted(expected)}, got {sorted(state)}")
         if state["votes"].shape != self.votes.shape:
             raise ValueError(
                 f"votes has shape {tuple(state['votes'].shape)}, expected {tuple(self.votes.shape)} "
                 f"({len(self.criteria)} criteria x {self.num_classes} classes)"
+            )
+        if "seed" in state and int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"the vote state was saved with seed {int(state['seed'])}, this vote has seed {self.seed}: its "
+                f"suppression draws would differ from the saved run's; resume with seed {int(state['seed'])}"
             )
         last_suppressed = int(state["last_suppressed"])
         if not (last_suppressed == NO_SUPPRESSION or 0 <= last_suppressed < len(self.criteria)):
