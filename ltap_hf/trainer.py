@@ -41,6 +41,7 @@ from .pruning.groups import CHANNEL_ALLOCATIONS
 from .pruning.pruner import GRANULARITIES, LTAPPruner
 from .pruning.schedule import cubic_density_at, stage_steps
 from .pruning.vote import CLASS_WEIGHTINGS, ClassVote
+from .weight_decay import coupled_weight_decay
 
 
 logger = logging.get_logger(__name__)
@@ -304,11 +305,7 @@ class LTAPTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         vote = ClassVote(args.criteria, self.class_counts, weighting=args.vote_class_weighting,
                          temperature=args.vote_temperature, seed=args.seed, enabled=args.vote)
-        # λw is part of the gradient only where the optimizer couples the decay (SGD, Adam), not for AdamW.
-        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
-        decoupled = isinstance(optimizer, torch.optim.AdamW)
-        decay = {id(p): 0.0 if decoupled or group.get("decoupled_weight_decay") else group["weight_decay"]
-                 for group in self.optimizer.param_groups for p in group["params"]}
+        decay = coupled_weight_decay(self._inner_optimizer())
         weight_decay = {name: decay.get(id(p), 0.0) for name, p in model.named_parameters()}
         self.pruner = LTAPPruner(model, vote, granularity=args.granularity, weight_decay=weight_decay,
                                  min_layer_density=args.min_layer_density, prune_classifier=args.prune_classifier,
@@ -336,6 +333,12 @@ class LTAPTrainer(Trainer):
             return
         self.pruner.accumulate()
 
+    def _inner_optimizer(self) -> torch.optim.Optimizer:
+        optimizer = self.optimizer
+        while isinstance(optimizer, AcceleratedOptimizer):
+            optimizer = optimizer.optimizer
+        return optimizer
+
     def _scaler_skips_step(self) -> bool:
         """fp16 with a loss scaler: makes sure the gradients are unscaled and returns whether the scaler will
         skip this optimizer step, by its own inf/nan verdict.
@@ -349,10 +352,7 @@ class LTAPTrainer(Trainer):
         scaler = self.accelerator.scaler
         if scaler is None:
             return False
-        optimizer = self.optimizer
-        while isinstance(optimizer, AcceleratedOptimizer):
-            optimizer = optimizer.optimizer
-        state = scaler._per_optimizer_states[id(optimizer)]
+        state = scaler._per_optimizer_states[id(self._inner_optimizer())]
         if state["stage"] is not OptState.UNSCALED:
             self.accelerator.unscale_gradients()
         return any(bool(found_inf) for found_inf in state["found_inf_per_device"].values())

@@ -280,23 +280,35 @@ def test_bf16_mixed_precision_run_keeps_float32_scores(tmp_path):
     assert all(t.dtype == torch.float32 for k, t in trainer.pruner.accumulator.state_dict().items() if k != "num_steps")
 
 
-def test_weight_decay_enters_the_accumulated_gradient_for_sgd_only(tmp_path):
-    sgd = _trainer(tmp_path / "sgd", max_steps=1)
-    sgd.train()
-    adamw = _trainer(tmp_path / "adamw", optim="adamw_torch", max_steps=1)
-    adamw.train()
+@pytest.mark.parametrize(
+    "optim, coupled", [("sgd", True), ("adagrad", True), ("rmsprop", True), ("adamw_torch", False), ("adafactor", False)]
+)
+def test_weight_decay_enters_the_accumulated_gradient_only_where_the_optimizer_couples_it(tmp_path, optim, coupled):
+    trainer = _trainer(tmp_path, optim=optim, max_steps=1)
+    trainer.train()
     name = "resnet.embedder.embedder.conv.weight"
-    assert sgd.pruner.weight_decay[name] == 2e-4 and adamw.pruner.weight_decay[name] == 0.0
+    assert trainer.pruner.weight_decay[name] == (2e-4 if coupled else 0.0)
 
-    pruner = sgd.pruner
+    pruner = trainer.pruner
     weight = pruner.parameters[name]
-    weight.grad = torch.ones_like(weight)
     for other in pruner.parameters.values():
-        if other is not weight:
-            other.grad = torch.zeros_like(other)
+        other.grad = torch.zeros_like(other)
+    weight.grad = torch.ones_like(weight)
     pruner.accumulator.reset()
     pruner.accumulate()
-    torch.testing.assert_close(pruner.accumulator.mean_grad()[name], 1 + 2e-4 * weight.detach())
+    torch.testing.assert_close(pruner.accumulator.mean_grad()[name], 1 + pruner.weight_decay[name] * weight.detach())
+
+
+def test_an_optimizer_whose_decay_kind_is_unknown_is_refused(tmp_path):
+    class Custom(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {"lr": 0.05, "weight_decay": 2e-4})
+
+    model = _model()
+    trainer = _trainer(tmp_path, model=model, max_steps=1)
+    trainer.optimizer = Custom(model.parameters())
+    with pytest.raises(ValueError, match="cannot tell whether .*Custom adds its weight decay"):
+        trainer.train()
 
 
 def test_lr_milestones_step_the_learning_rate_down_after_warmup(tmp_path):
