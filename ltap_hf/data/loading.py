@@ -158,9 +158,8 @@ def export_parquet(dataset: datasets.DatasetDict, output_dir: str | Path) -> dic
     Image files referenced by path (ImageNet-LT, iNaturalist) are embedded as bytes, so the folder
     stands alone: ``datasets.load_dataset("parquet", data_dir=output_dir)`` (or
     ``load_dataset(output_dir)``) reads it back with the same features, without this library.
-    To share on the Hub instead, ``dataset.push_to_hub(repo_id)`` (it embeds images too), then
-    upload the metadata: ``HfApi().upload_file(path_or_fileobj=json.dumps(read_lt_metadata(dataset))
-    .encode(), path_in_repo="lt_metadata.json", repo_id=repo_id, repo_type="dataset")``.
+    To share on the Hub instead: `ltap_hf.data.push_lt_dataset` (images embedded too, with a
+    dataset card and the metadata).
 
     Returns:
         split -> written Parquet file.
