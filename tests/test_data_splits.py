@@ -297,7 +297,7 @@ def test_run_ltap_passes_val_per_class_to_the_data(tmp_path, monkeypatch):
     ds = loaded.value.args[0]
     assert class_counts(ds["validation"]["label"][:], 10) == [3] * 10
     assert (read_lt_metadata(ds)["val_per_class"], read_lt_metadata(ds)["val_shortfall"]) == (3, "leave_short")
-    _, data_args, _ = run_ltap.parse_args(["--output_dir", str(tmp_path)])
+    data_args = next(a for a in run_ltap.parse_args(["--output_dir", str(tmp_path)]) if isinstance(a, run_ltap.DataArguments))
     assert (data_args.val_per_class, data_args.val_shortfall) == (None, None)  # the dataset's defaults
 
 
