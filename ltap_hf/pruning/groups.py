@@ -521,15 +521,52 @@ def _round_up_widths(
     return rounded
 
 
+def _restore_tensor_floors(
+    groups: Sequence[ChannelGroup],
+    selected: Mapping[str, torch.Tensor],
+    previous: Mapping[str, torch.Tensor],
+    scores: Mapping[str, torch.Tensor],
+    parameters: Mapping[str, torch.Tensor],
+    min_tensor_density: float,
+) -> dict[str, torch.Tensor]:
+    """Gives back, one channel at a time, the best-scored channel this stage dropped from the groups of
+    the first tensor of `parameters` under its floor, until no tensor is (or none can be): masks still
+    only shrink against `previous`."""
+    shapes = {n: p.shape for n, p in parameters.items()}
+    floors = {n: _layer_floor(math.prod(shape), min_tensor_density) for n, shape in shapes.items()}
+    groups_of = defaultdict(list)
+    for group in groups:
+        for s in group.slices:
+            if s.tensor in shapes and s.is_parameter and group.name not in groups_of[s.tensor]:
+                groups_of[s.tensor].append(group.name)
+    masks = {name: mask.clone() for name, mask in selected.items()}
+    while True:
+        kept = kept_per_dim(groups, masks, shapes)
+        restorable = []
+        for tensor, shape in shapes.items():
+            if _alive_count(shape, kept.get(tensor, {})) >= floors[tensor]:
+                continue
+            restorable = [(name, (previous[name] & ~masks[name]).nonzero().squeeze(1)) for name in groups_of[tensor]]
+            restorable = [(name, dropped) for name, dropped in restorable if dropped.numel()]
+            if restorable:
+                break
+        if not restorable:
+            return masks
+        _, name, channel = max(
+            (float(scores[name][dropped].float().max()), name, dropped[scores[name][dropped].float().argmax()])
+            for name, dropped in restorable
+        )
+        masks[name][channel] = True
+
+
 CHANNEL_ALLOCATIONS = ("global", "uniform")
 
 
 def _keep_best_per_group(
-    scores: Mapping[str, torch.Tensor], alive: Mapping[str, torch.Tensor], num_kept: int, total: int,
-    min_group_density: float,
+    scores: Mapping[str, torch.Tensor], alive: Mapping[str, torch.Tensor], num_kept: int, total: int
 ) -> dict[str, torch.Tensor]:
     """Every group keeps its best-scored alive channels, ceil(num_kept / total · C_g) of them (at least
-    its floor, at most what is alive); ties go as in `select_mask` (the earlier channel first)."""
+    one, at most what is alive); ties go as in `select_mask` (the earlier channel first)."""
     masks = {}
     for name, mask in alive.items():
         positions = mask.nonzero().squeeze(1)
@@ -537,7 +574,7 @@ def _keep_best_per_group(
         if torch.isnan(alive_scores).any():
             raise ValueError(f"scores[{name!r}] has NaN for alive channels; check the gradients and criteria")
         channels = mask.numel()
-        keep = min(positions.numel(), max(_layer_floor(channels, min_group_density), -(-num_kept * channels // total)))
+        keep = min(positions.numel(), max(1, -(-num_kept * channels // total)))
         ascending = torch.sort(alive_scores, stable=True).indices
         kept = torch.zeros_like(mask)
         kept[positions[ascending[positions.numel() - keep:]]] = True
@@ -551,7 +588,7 @@ def select_channel_groups(
     alive: Mapping[str, torch.Tensor],
     density: float,
     parameters: Mapping[str, torch.Tensor],
-    min_group_density: float = 0.02,
+    min_tensor_density: float = 0.02,
     round_to: int = 1,
     allocation: str = "global",
 ) -> dict[str, torch.Tensor]:
@@ -559,9 +596,12 @@ def select_channel_groups(
     see `allocation`), until the density of `parameters` (counted in parameters, not channels) is at
     most `density`.
 
-    The ranking, tie-breaking and floor are `select_mask`'s, with one group as one "tensor": a group
-    keeps at least max(1, ceil(min_group_density · C_g)) channels, so no layer loses its last channel.
-    When the floors make the target unreachable the result is denser than asked.
+    The ranking and tie-breaking are `select_mask`'s, with one group as one "tensor". Floors: no group
+    loses its last channel, and every tensor of `parameters` keeps at least max(1, ceil(min_tensor_density
+    · numel)) of its entries (a conv between two groups keeps the product of their fractions, so a floor
+    per group would not hold per tensor): a tensor under its floor gets back, one at a time, the
+    best-scored channels this stage dropped from its groups. When the floors make the target unreachable
+    the result is denser than asked.
 
     Args:
         groups: the channel groups.
@@ -569,7 +609,7 @@ def select_channel_groups(
         alive: group -> bool [C_g], the current masks (only shrink).
         density: target fraction of `parameters` entries to keep, in (0, 1].
         parameters: the tensors the density counts (`prunable_parameters(model)`); only shapes are read.
-        min_group_density: per-group floor as a fraction of its channels, in [0, 1].
+        min_tensor_density: per-tensor floor as a fraction of its entries, in [0, 1].
         round_to: keep each group's width a multiple of this (>= 1) by keeping the best-scored of the
             channels this stage would drop, counted in the density; widths that are multiples of 8 run
             faster on CPU than odd widths of similar cost.
@@ -589,9 +629,10 @@ def select_channel_groups(
 
     def select(num_kept: int) -> dict[str, torch.Tensor]:
         if allocation == "global":
-            masks = select_mask(scores, alive, num_kept / total, min_group_density)
+            masks = select_mask(scores, alive, num_kept / total, min_layer_density=0.0)
         else:
-            masks = _keep_best_per_group(scores, alive, num_kept, total, min_group_density)
+            masks = _keep_best_per_group(scores, alive, num_kept, total)
+        masks = _restore_tensor_floors(groups, masks, alive, scores, parameters, min_tensor_density)
         return _round_up_widths(masks, alive, scores, round_to) if round_to > 1 else masks
 
     def meets_target(masks: Mapping[str, torch.Tensor]) -> bool:

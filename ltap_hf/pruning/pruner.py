@@ -125,7 +125,8 @@ class LTAPPruner:
             channel of a coupled group; `target_density` then counts the parameters it removes).
         weight_decay: coupled weight decay applied by the optimizer, per parameter name or one value for
             all; ALGORITHM.md counts its term `λw` as part of the gradient.
-        min_layer_density: per-tensor (weight) or per-group (channel) floor of the selection.
+        min_layer_density: no prunable tensor keeps fewer than this fraction of its weights (and, with
+            channels, no group loses its last channel).
         prune_classifier: whether the classifier head is prunable.
         round_to: channel granularity only: keep every group's width a multiple of this.
         channel_allocation: channel granularity only: "global" ranking of all channels, or "uniform"
