@@ -51,8 +51,8 @@ def report_parts() -> dict:
 
 
 def test_card_metadata_parses_with_huggingface_hub(report_parts, tmp_path):
-    pruned = _accuracy([10, 9, 9, 8, 8, 7, 6, 5, 1, 4])
-    report = PruningReport(pruned_accuracy=pruned, dense_accuracy=_accuracy([10] * 8 + [9, 8]), **report_parts)
+    pruned, dense = _accuracy([10, 9, 9, 8, 8, 7, 6, 5, 1, 4]), _accuracy([10] * 8 + [9, 8])
+    report = PruningReport(pruned_accuracy=pruned, dense_accuracy=dense, **report_parts)
     card, _ = render_model_card(report, tmp_path, repo_id="user/lt-resnet20")
 
     loaded = ModelCard.load(tmp_path / "README.md")  # parses the model-index into EvalResults, strictly
@@ -60,14 +60,16 @@ def test_card_metadata_parses_with_huggingface_hub(report_parts, tmp_path):
     assert loaded.data.pipeline_tag == "image-classification"
     assert {"pruning", "long-tail", "ltap"} <= set(loaded.data.tags)
     assert loaded.data.datasets == ["tomas-gajarsky/cifar10-lt"]
-    results = {r.metric_config: r for r in loaded.data.eval_results}
-    assert set(results) == {"all", "many", "medium", "few"}
-    for config in ("all", "many", "medium", "few"):
+    results = {(r.metric_type, r.metric_config): r for r in loaded.data.eval_results}
+    groups = ("all", "many", "medium", "few")
+    # the model's own accuracy, and the dense network's under a type of its own
+    assert set(results) == {(kind, config) for kind in ("accuracy", "dense_accuracy") for config in groups}
+    for config in groups:
         key = "accuracy" if config == "all" else f"{config}_accuracy"
-        assert results[config].metric_value == pytest.approx(pruned[key], abs=1e-4)
-        assert results[config].dataset_split == "test"
-        assert results[config].metric_type == "accuracy"
-        assert results[config].dataset_type == "tomas-gajarsky/cifar10-lt"
+        assert results["accuracy", config].metric_value == pytest.approx(pruned[key], abs=1e-4)
+        assert results["dense_accuracy", config].metric_value == pytest.approx(dense[key], abs=1e-4)
+        assert results["accuracy", config].dataset_split == "test"
+        assert results["accuracy", config].dataset_type == "tomas-gajarsky/cifar10-lt"
     assert loaded.data.eval_results == card.data.eval_results
 
 
@@ -89,7 +91,12 @@ def test_card_shows_groups_density_settings_and_worst_hit_classes(report_parts, 
     assert f"{report_parts['cost'].parameters_nonzero:,} / {report_parts['cost'].parameters:,}" in text
     assert '| `criteria` | ["magnitude", "taylor1"] |' in text
     assert "| taylor1 | 0.7500 |" in text
-    assert 'from_pretrained("lt-resnet20-cifar10-lt-ltap30", trust_remote_code=True)' in text
+    # every class, dense beside pruned
+    every_class = text[text.index("<summary>Every class (10)</summary>"):text.index("</details>")]
+    assert "| airplane | 500 | 100.00 | 100.00 | +0.00 |" in every_class
+    assert "| otter | 5 | 80.00 | 40.00 | -40.00 |" in every_class
+    # the snippet loads the folder the card (and the model beside it) was written to
+    assert f'from_pretrained("{tmp_path.resolve()}", trust_remote_code=True)' in text
 
 
 def test_plots_are_written_as_non_empty_pngs(report_parts, tmp_path):
@@ -121,3 +128,68 @@ def test_card_without_dense_run_ranks_by_pruned_accuracy_and_skips_empty_groups(
 def test_report_rejects_per_class_lists_of_the_wrong_length(report_parts):
     with pytest.raises(ValueError, match="pruned_accuracy"):
         PruningReport(pruned_accuracy={"per_class_accuracy": [0.5] * 9}, **report_parts)
+
+
+def test_datasets_metadata_is_a_hub_id_or_left_out(report_parts, tmp_path):
+    pruned = _accuracy([9] * 10)
+    parts = dict(report_parts, dataset_id=None, dataset_type="digits_lt")
+    render_model_card(PruningReport(pruned_accuracy=pruned, **parts), tmp_path)
+    loaded = ModelCard.load(tmp_path / "README.md")
+    assert loaded.data.datasets is None and "datasets:" not in (tmp_path / "README.md").read_text()
+    assert {r.dataset_type for r in loaded.data.eval_results} == {"digits_lt"}
+    with pytest.raises(ValueError, match="dataset_type"):
+        PruningReport(pruned_accuracy=pruned, **dict(report_parts, dataset_id=None))
+
+
+def test_usage_snippet_loads_from_the_repo_or_the_model_location(report_parts, tmp_path):
+    pruned = _accuracy([9] * 10)
+    text = render_model_card(PruningReport(pruned_accuracy=pruned, **report_parts), tmp_path, repo_id="user/x")[0].text
+    assert 'from_pretrained("user/x", trust_remote_code=True)' in text
+    foreign = dict(report_parts, model_type="resnet", model_location="/models/resnet-18-pruned")
+    text = render_model_card(PruningReport(pruned_accuracy=pruned, **foreign), tmp_path)[0].text
+    assert 'load_sparse_pretrained("/models/resnet-18-pruned")' in text and "sparse-bitmask format" in text
+    dense_file = dict(foreign, checkpoint_format="dense")
+    text = render_model_card(PruningReport(pruned_accuracy=pruned, **dense_file), tmp_path)[0].text
+    assert 'AutoModelForImageClassification.from_pretrained("/models/resnet-18-pruned")' in text
+    assert "sparse-bitmask" not in text
+
+
+def test_card_of_an_evaluated_model_claims_no_ltap_training(report_parts, tmp_path):
+    parts = dict(report_parts, ltap_settings={}, final_alpha={}, trained_with_ltap=False)
+    text = render_model_card(PruningReport(pruned_accuracy=_accuracy([9] * 10), **parts), tmp_path)[0].text
+    assert "evaluated on the test split of **CIFAR-10-LT (imbalance ratio 100)**" in text
+    assert "pruned with\nLTAP" not in text and "## LTAP settings" not in text and "criterion weights" not in text
+    assert "| Classes | Model |" in text
+    assert "ltap" not in ModelCard.load(tmp_path / "README.md").data.tags
+
+
+def test_accuracy_plot_draws_an_arrow_per_changed_class_and_names_the_groups(tmp_path):
+    from ltap_hf.hub.plots import plot_per_class_accuracy
+
+    dense = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, float("nan")]
+    pruned = [1.0, 0.8, 0.8, 0.5, 0.7, 0.5, 0.1, 0.3, 0.0, float("nan")]
+    figure = plot_per_class_accuracy(tmp_path / "plot.png", TRAIN_COUNTS, pruned, dense)
+    axes = figure.axes[0]
+    arrows = [child for child in axes.texts if getattr(child, "arrow_patch", None) is not None]
+    assert len(arrows) == 5  # classes 1, 3, 4, 6, 8 changed; class 9 has no test images
+    assert {t.get_text() for t in axes.texts if t.get_text()} == {"Few (< 20 images)", "Medium (20–100)", "Many (> 100)"}
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels[:2] == ["dense", "pruned"] and "group boundary (20, 100)" in labels
+    ticks = {label.get_text() for label in axes.get_xticklabels()}
+    assert {"10", "20", "50", "100", "200"} <= ticks and not any("^" in tick for tick in ticks)  # numbers, not 10^n
+
+
+def test_density_plot_names_layers_legibly_and_labels_the_overall_line(report_parts, tmp_path):
+    from ltap_hf.hub.plots import plot_layer_density
+
+    per_tensor = report_parts["density"]["per_tensor"]
+    figure = plot_layer_density(tmp_path / "density.png", per_tensor, 0.3)
+    axes = figure.axes[0]
+    ticks = axes.get_yticklabels()
+    assert len(ticks) == len(per_tensor) and min(t.get_fontsize() for t in ticks) >= 8
+    # the shared module path and ".weight" are dropped, the layer path is kept
+    assert ticks[0].get_text() == "embedder.embedder.conv" and not any(t.get_text().endswith(".weight") for t in ticks)
+    assert "30.0% overall" in [t.get_text() for t in axes.texts]
+    assert figure.legends[0].get_texts()[0].get_text() == "all prunable weights: 30.0%"
+    height_per_layer = figure.get_figheight() / len(per_tensor)
+    assert height_per_layer >= 0.2  # room for every name, whatever the depth

@@ -39,11 +39,12 @@ class PruningReport:
     """What the card of a pruned model shows.
 
     Args:
-        model_name: the card's title and `model-index` name.
+        model_name: the card's title and `model-index` name (the Hub repo's name when published).
         architecture: a phrase for the text, e.g. "a CIFAR ResNet-32".
         model_type: the config's `model_type`; `"lt_resnet"` models load with plain `from_pretrained`,
-            others through `ltap_hf.hub.load_sparse_pretrained` (the card says which).
-        dataset_id: the dataset's Hub id or name, for the `datasets` metadata.
+            others through `ltap_hf.hub.load_sparse_pretrained` when sparse (the card says which).
+        dataset_id: the dataset's Hub id (e.g. "uoft-cs/cifar10") for the `datasets` metadata, or None to
+            leave that metadata out (it takes Hub ids only).
         dataset_name: the dataset's readable name (e.g. "CIFAR-100-LT, imbalance ratio 100").
         class_names: C names, in class-index order.
         train_class_counts: C training-set sizes; they define Many/Medium/Few and the plot's x axis.
@@ -57,12 +58,22 @@ class PruningReport:
         base_model: Hub id of the dense model, if published.
         license: a Hub license identifier.
         num_worst_classes: how many worst-hit classes the card names.
+        dataset_type: the `model-index` dataset type when `dataset_id` is None (e.g. the builder's name,
+            "digits_lt"); defaults to `dataset_id`.
+        dense_source: what the dense numbers are, for the card's text (e.g. "the same network at the end
+            of its dense phase").
+        trained_with_ltap: False for a card of a model only evaluated here (no LTAP settings or vote).
+        checkpoint_format: "sparse" (the sparse-bitmask files) or "dense" (an ordinary checkpoint, e.g.
+            a slimmed network); the usage section says how it loads.
+        model_location: the Hub repo or folder the usage snippet loads from; `render_model_card`'s
+            `repo_id` takes precedence, and without either the output folder is used.
+        max_table_classes: the card's per-class table lists every class up to this many classes.
     """
 
     model_name: str
     architecture: str
     model_type: str
-    dataset_id: str
+    dataset_id: str | None
     dataset_name: str
     class_names: Sequence[str]
     train_class_counts: Sequence[int]
@@ -75,8 +86,18 @@ class PruningReport:
     base_model: str | None = None
     license: str | None = None
     num_worst_classes: int = 5
+    dataset_type: str | None = None
+    dense_source: str | None = None
+    trained_with_ltap: bool = True
+    checkpoint_format: str = "sparse"
+    model_location: str | None = None
+    max_table_classes: int = 200
 
     def __post_init__(self) -> None:
+        if self.checkpoint_format not in ("sparse", "dense"):
+            raise ValueError(f"checkpoint_format must be 'sparse' or 'dense', got {self.checkpoint_format!r}")
+        if not (self.dataset_id or self.dataset_type):
+            raise ValueError("name the dataset: its Hub id (dataset_id) or, without one, a dataset_type")
         num_classes = len(self.class_names)
         if len(self.train_class_counts) != num_classes:
             raise ValueError(
@@ -106,36 +127,49 @@ def _count(value: int) -> str:
     return str(value)
 
 
-def worst_hit_classes(report: PruningReport) -> list[int]:
-    """Class indices, worst first: the largest accuracy drop from dense to pruned, or without the dense
-    model the lowest pruned accuracy. Classes without test images are left out; ties go to the
-    smaller training set (the tail)."""
-    pruned = report.pruned_accuracy["per_class_accuracy"]
-    dense = report.dense_accuracy["per_class_accuracy"] if report.dense_accuracy is not None else None
+def rank_worst_classes(
+    pruned: Sequence[float], dense: Sequence[float] | None, train_class_counts: Sequence[int]
+) -> list[int]:
+    """Class indices, worst first: the largest accuracy drop from `dense` to `pruned` (per-class accuracies),
+    or without `dense` the lowest pruned accuracy. Classes without test images (NaN) are left out; ties
+    go to the smaller training set (the tail)."""
     keys = {}
     for index, accuracy in enumerate(pruned):
         score = accuracy - dense[index] if dense is not None else accuracy
         if not math.isnan(score):
-            keys[index] = (score, report.train_class_counts[index], index)
-    return sorted(keys, key=keys.__getitem__)[: report.num_worst_classes]
+            keys[index] = (score, train_class_counts[index], index)
+    return sorted(keys, key=keys.__getitem__)
+
+
+def worst_hit_classes(report: PruningReport) -> list[int]:
+    """The card's worst-hit classes (`report.num_worst_classes` of them), ranked by `rank_worst_classes`."""
+    dense = report.dense_accuracy["per_class_accuracy"] if report.dense_accuracy is not None else None
+    ranked = rank_worst_classes(report.pruned_accuracy["per_class_accuracy"], dense, report.train_class_counts)
+    return ranked[: report.num_worst_classes]
 
 
 def _eval_results(report: PruningReport) -> list[EvalResult]:
-    """The pruned model's test accuracies as `model-index` entries (fractions; empty groups left out)."""
+    """The test accuracies as `model-index` entries (fractions; empty groups left out): the model's own as
+    `accuracy`, and, when known, the dense network's as `dense_accuracy`, a type of its own so that
+    nothing reading `accuracy` mistakes them for this model's."""
+    models = [("accuracy", "Top-1 accuracy ({group})", report.pruned_accuracy)]
+    if report.dense_accuracy is not None:
+        models.append(("dense_accuracy", "Top-1 accuracy of the dense network ({group})", report.dense_accuracy))
     return [
         EvalResult(
             task_type="image-classification",
             task_name="Image Classification",
-            dataset_type=report.dataset_id,
+            dataset_type=report.dataset_id or report.dataset_type,
             dataset_name=report.dataset_name,
             dataset_split="test",
-            metric_type="accuracy",
-            metric_name=f"Top-1 accuracy ({label.lower()})",
+            metric_type=metric_type,
+            metric_name=name.format(group=label.lower()),
             metric_config=config,
-            metric_value=round(float(report.pruned_accuracy[key]), 4),
+            metric_value=round(float(accuracy[key]), 4),
         )
+        for metric_type, name, accuracy in models
         for label, key, config in _GROUPS
-        if not math.isnan(report.pruned_accuracy[key])
+        if not math.isnan(accuracy[key])
     ]
 
 
@@ -143,13 +177,18 @@ def _setting(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _loading_code(report: PruningReport, repo_id: str) -> str:
+def _loading_code(report: PruningReport, location: str) -> str:
     if report.model_type == "lt_resnet":
         return (
             "from transformers import AutoModelForImageClassification\n\n"
-            f'model = AutoModelForImageClassification.from_pretrained("{repo_id}", trust_remote_code=True)'
+            f'model = AutoModelForImageClassification.from_pretrained("{location}", trust_remote_code=True)'
         )
-    return f'from ltap_hf.hub import load_sparse_pretrained\n\nmodel = load_sparse_pretrained("{repo_id}")'
+    if report.checkpoint_format == "sparse":
+        return f'from ltap_hf.hub import load_sparse_pretrained\n\nmodel = load_sparse_pretrained("{location}")'
+    return (
+        "from transformers import AutoModelForImageClassification\n\n"
+        f'model = AutoModelForImageClassification.from_pretrained("{location}")'
+    )
 
 
 def render_model_card(
@@ -161,12 +200,14 @@ def render_model_card(
     """Renders the card of a pruned model and its plots into `output_dir`.
 
     Writes `README.md`, `per_class_accuracy.png` (per-class test accuracy against training-set class
-    size, dense and pruned) and `layer_density.png` (fraction of weights kept per prunable layer).
+    size, an arrow from dense to pruned per class when the dense accuracies are known) and
+    `layer_density.png` (fraction of weights kept per prunable layer).
 
     Args:
         report: the numbers to show.
         output_dir: created if needed.
-        repo_id: the Hub repo the card's usage snippet loads from (defaults to `report.model_name`).
+        repo_id: the Hub repo the card's usage snippet loads from; defaults to `report.model_location`,
+            else to `output_dir` (as an absolute path: where the model is saved beside its card).
         template_path: a Jinja markdown template (`model_cards/ltap_model_card.md` by default).
 
     Returns:
@@ -175,53 +216,54 @@ def render_model_card(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     dense = report.dense_accuracy
+    pruned_per_class = report.pruned_accuracy["per_class_accuracy"]
+    dense_per_class = dense["per_class_accuracy"] if dense is not None else None
     plots = [output_dir / ACCURACY_PLOT, output_dir / DENSITY_PLOT]
-    plot_per_class_accuracy(
-        plots[0], report.train_class_counts, report.pruned_accuracy["per_class_accuracy"],
-        dense["per_class_accuracy"] if dense is not None else None,
-    )
+    plot_per_class_accuracy(plots[0], report.train_class_counts, pruned_per_class, dense_per_class)
     plot_layer_density(plots[1], report.density["per_tensor"], report.density["prunable_density"])
 
+    def row(cells: dict, dense_value: float | None, pruned_value: float) -> dict:
+        if dense_value is not None:
+            cells.update(dense=_percent(dense_value), change=_change(dense_value, pruned_value))
+        return {**cells, "pruned": _percent(pruned_value)}
+
     accuracy_rows = [
-        {
-            "group": label,
-            "pruned": _percent(report.pruned_accuracy[key]),
-            "dense": _percent(dense[key]) if dense is not None else None,
-            "change": _change(dense[key], report.pruned_accuracy[key]) if dense is not None else None,
-        }
+        row({"group": label}, dense[key] if dense is not None else None, report.pruned_accuracy[key])
         for label, key, _ in _GROUPS
     ]
-    pruned_per_class = report.pruned_accuracy["per_class_accuracy"]
-    worst_rows = [
-        {
-            "name": report.class_names[index],
-            "count": report.train_class_counts[index],
-            "pruned": _percent(pruned_per_class[index]),
-            "dense": _percent(dense["per_class_accuracy"][index]) if dense is not None else None,
-            "change": _change(dense["per_class_accuracy"][index], pruned_per_class[index]) if dense is not None else None,
-        }
-        for index in worst_hit_classes(report)
-    ]
+
+    def class_row(index: int) -> dict:
+        cells = {"name": report.class_names[index], "count": report.train_class_counts[index]}
+        return row(cells, dense_per_class[index] if dense is not None else None, pruned_per_class[index])
+
+    worst_rows = [class_row(index) for index in worst_hit_classes(report)]
+    num_classes = len(report.class_names)
+    class_rows = [class_row(index) for index in range(num_classes)] if num_classes <= report.max_table_classes else []
     card_data = ModelCardData(
         model_name=report.model_name,
         base_model=report.base_model,
         license=report.license,
         library_name="transformers",
         pipeline_tag="image-classification",
-        tags=list(CARD_TAGS),
-        datasets=[report.dataset_id],
+        tags=list(CARD_TAGS) if report.trained_with_ltap else [tag for tag in CARD_TAGS if tag != "ltap"],
+        datasets=[report.dataset_id] if report.dataset_id else None,
         metrics=["accuracy"],
         eval_results=_eval_results(report),
     )
+    location = repo_id or report.model_location or str(output_dir.resolve())
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path),
         model_name=report.model_name,  # ModelCardData folds it into `model-index`, out of the template's reach
         architecture=report.architecture,
         dataset_name=report.dataset_name,
+        trained_with_ltap=report.trained_with_ltap,
         has_dense=dense is not None,
+        dense_source=report.dense_source,
         accuracy_rows=accuracy_rows,
         worst_rows=worst_rows,
+        class_rows=class_rows,
+        num_classes=num_classes,
         accuracy_plot=ACCURACY_PLOT,
         density_plot=DENSITY_PLOT,
         prunable_density=f"{100 * report.density['prunable_density']:.1f}%",
@@ -231,7 +273,9 @@ def render_model_card(
         macs_nonzero=_count(report.cost.macs_nonzero),
         settings=[(name, _setting(value)) for name, value in report.ltap_settings.items()],
         alpha=[(name, f"{value:.4f}") for name, value in report.final_alpha.items()],
-        loading_code=_loading_code(report, repo_id or report.model_name),
+        loading_code=_loading_code(report, location),
+        sparse_checkpoint=report.checkpoint_format == "sparse",
+        model_column="Pruned" if report.trained_with_ltap else "Model",
     )
     card.save(output_dir / "README.md")
     return card, plots
