@@ -1,6 +1,9 @@
 """Run by tests/test_trainer_distributed.py under `accelerate launch` (and once in-process for reference).
 
-Trains the toy problem with LTAP and writes, per process, the masks' hash, α and density at every stage.
+Trains the toy problem with LTAP and writes, per process, at every stage: the hash of the accumulated
+statistics the stage ranks, the masks' hash, α, the vote counts D and the density.
+
+    python ddp_ltap_script.py OUTPUT PER_DEVICE_BATCH_SIZE [GRANULARITY [GRADIENT_ACCUMULATION_STEPS]]
 """
 
 import hashlib
@@ -40,17 +43,19 @@ class RecordStages(TrainerCallback):
                 "step": state.global_step,
                 "masks_sha256": digest.hexdigest(),
                 "alpha": [alpha[f"ltap/alpha/{c}"] for c in pruner.vote.criteria],
+                "votes": pruner.vote.votes.tolist(),
                 "density": pruner.density,
             })
 
 
-def main(output_file: str, per_device_batch_size: int) -> None:
+def main(output_file: str, per_device_batch_size: int, granularity: str, gradient_accumulation_steps: int) -> None:
     train, validation = toy_splits()
     torch.manual_seed(0)
     model = LTResNetForImageClassification(LTResNetConfig.from_preset("resnet20", num_labels=len(TOY_COUNTS)))
     args = LTAPConfig(output_dir=output_file + ".out", num_train_epochs=6, per_device_train_batch_size=per_device_batch_size,
                       per_device_eval_batch_size=5, learning_rate=0.05, optim="sgd", weight_decay=2e-4, report_to=[],
-                      save_strategy="no", disable_tqdm=True, prune_start=0.3, prune_end=0.8, target_density=0.3, seed=0)
+                      save_strategy="no", disable_tqdm=True, prune_start=0.3, prune_end=0.8, target_density=0.3, seed=0,
+                      granularity=granularity, gradient_accumulation_steps=gradient_accumulation_steps)
     trainer = LTAPTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation, class_counts=TOY_COUNTS)
     recorder = RecordStages(trainer)
     trainer.add_callback(recorder)
@@ -62,5 +67,6 @@ def main(output_file: str, per_device_batch_size: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    options = sys.argv[3:]
+    main(sys.argv[1], int(sys.argv[2]), options[0] if options else "weight", int(options[1]) if len(options) > 1 else 1)
     end_distributed()

@@ -326,12 +326,94 @@ def test_vote_off_keeps_equal_alpha_and_suppresses_nothing(tmp_path):
     for log in _stage_logs(trainer):
         assert log["ltap/suppressed_index"] == -1
         assert [log[f"ltap/alpha/{c}"] for c in trainer.args.criteria] == pytest.approx([0.2] * 5)
-    magnitude = _trainer(tmp_path / "magnitude", vote=False, criteria=["magnitude"])
-    magnitude.train()
-    # one criterion, no vote: global magnitude pruning, every surviving weight outranks every pruned one
-    weights = magnitude.pruner.parameters
-    kept = torch.cat([w.detach().abs()[m] for w, m in zip(weights.values(), magnitude.pruner.masks.values())])
-    assert _stage_logs(magnitude)[-1]["ltap/alpha/magnitude"] == 1.0 and kept.min() > 0
+
+
+def test_magnitude_pruning_keeps_every_weight_that_outranks_a_pruned_one(tmp_path):
+    # One criterion, no vote, no floor: global magnitude pruning. At every stage every weight it keeps is at
+    # least as large as every weight it prunes, across all tensors.
+    trainer = _trainer(tmp_path, vote=False, criteria=["magnitude"], min_layer_density=0.0)
+    margins = []
+
+    class CheckRanking(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            if state.global_step + 1 in trainer.stage_steps:  # the weights and masks the stage will rank
+                self.before = {n: (w.detach().abs().clone(), trainer.pruner.alive[n].clone())
+                               for n, w in trainer.pruner.parameters.items()}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in trainer.stage_steps[1:]:
+                alive = trainer.pruner.alive
+                kept = torch.cat([w[alive[n]] for n, (w, _) in self.before.items()])
+                pruned = torch.cat([w[was & ~alive[n]] for n, (w, was) in self.before.items()])
+                margins.append(float(kept.min() - pruned.max()))
+
+    trainer.add_callback(CheckRanking())
+    trainer.train()
+    assert len(margins) == 3 and all(margin >= 0 for margin in margins)
+    assert _stage_logs(trainer)[-1]["ltap/alpha/magnitude"] == 1.0
+
+
+def test_the_vote_reads_the_vote_split_and_moves_alpha_with_the_classes_that_improve(tmp_path):
+    train, validation = toy_splits()
+    vote_split = validation.filter(lambda row: int(row["labels"]) >= 2)  # classes 2 and 3 only
+    trainer = LTAPTrainer(model=_model(), args=_args(tmp_path), train_dataset=train, eval_dataset=validation,
+                          vote_dataset=vote_split, class_counts=TOY_COUNTS)
+    seen = []
+
+    class RecordVotes(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in trainer.stage_steps:
+                vote = trainer.pruner.vote
+                seen.append((vote.previous_accuracy.clone(), vote.previous_has_validation.clone(), vote.votes.clone(),
+                             vote.last_suppressed))
+
+    trainer.add_callback(RecordVotes())
+    trainer.train()
+    assert len(seen) == 4
+    # The vote saw the vote split, not the eval split: only classes 2 and 3 have validation images.
+    assert all(has_validation.tolist() == [False, False, True, True] for _, has_validation, _, _ in seen)
+    # D grows by one for each criterion active in the last stage, on each class whose accuracy rose.
+    gains = 0
+    for (before, _, votes_before, suppressed), (after, valid, votes, _) in zip(seen, seen[1:]):
+        improved = (after > before) & valid
+        active = torch.ones(5, dtype=torch.bool)
+        active[suppressed] = False
+        assert torch.equal(votes - votes_before, (active[:, None] & improved[None, :]).double())
+        gains += int(improved.sum())
+    assert gains > 0
+    # α follows D·w: it left 1/K, and among the criteria not suppressed at the last stage it ranks as D·w does.
+    last = _stage_logs(trainer)[-1]
+    criteria = trainer.args.criteria
+    weighted = torch.tensor([last[f"ltap/weighted_votes/{c}"] for c in criteria])
+    alpha = torch.tensor([last[f"ltap/alpha/{c}"] for c in criteria])
+    assert weighted.max() > weighted.min()
+    active = [i for i in range(5) if i != int(last["ltap/suppressed_index"])]
+    assert torch.equal(weighted[active].argsort(stable=True), alpha[active].argsort(stable=True))
+
+
+def test_stage_targets_follow_the_step_based_schedule_with_a_shorter_last_interval(tmp_path):
+    trainer = _trainer(tmp_path, prune_end=0.75)
+    trainer.train()
+    stages = _stage_logs(trainer)
+    # 48 steps, 8 per epoch: stages at round(0.3 * 48) = 14, 22, 30 and round(0.75 * 48) = 36, 6 steps later.
+    assert [log["step"] for log in stages] == [14, 22, 30, 36]
+    for log in stages:
+        assert log["ltap/target_density"] == pytest.approx(cubic_density_at((log["step"] - 14) / 22, 0.3))
+    # Progress by stage index (2/3 at step 30) would ask for less than progress by steps (16/22) does.
+    assert cubic_density(2, 4, 0.3) > stages[2]["ltap/target_density"] + 0.01
+
+
+def test_prune_classifier_prunes_the_head_and_saves_it_sparse(tmp_path):
+    trainer = _trainer(tmp_path, prune_classifier=True)
+    trainer.train()
+    head = trainer.pruner.parameters["classifier.weight"]
+    assert 0.02 <= float((head != 0).float().mean()) < 1.0
+    assert _stage_logs(trainer)[-1]["ltap/density"] == pytest.approx(0.3, abs=1e-3)
+    trainer.save_model(str(tmp_path / "pruned"))
+    loaded = LTResNetForImageClassification.from_pretrained(tmp_path / "pruned").eval()
+    assert torch.equal(loaded.classifier.weight, head.detach())
+    pixels = torch.randn(4, 3, 8, 8)
+    assert torch.equal(loaded(pixels).logits, trainer.model.eval()(pixels).logits)
 
 
 def test_every_accumulation_window_spans_one_interval(tmp_path):

@@ -25,20 +25,33 @@ def _run(command: list[str], tmp_path: Path) -> None:
     assert result.returncode == 0, "\n".join(causes[:40]) + "\n" + result.stdout[-2000:] + result.stderr[-4000:]
 
 
-def test_two_processes_hold_identical_masks_and_alpha_at_every_stage(tmp_path):
+@pytest.mark.parametrize(
+    "granularity, per_device_batch_size, gradient_accumulation_steps", [("weight", 8, 1), ("channel", 4, 2)]
+)
+def test_two_processes_hold_identical_scores_votes_masks_and_alpha_at_every_stage(
+    tmp_path, granularity, per_device_batch_size, gradient_accumulation_steps
+):
     script = str(TESTS / "ddp_ltap_script.py")
+    options = [granularity, str(gradient_accumulation_steps)]
     _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-          "--main_process_port", str(_free_port()), script, str(tmp_path / "ddp"), "8"], tmp_path)
-    _run([sys.executable, script, str(tmp_path / "single"), "16"], tmp_path)
+          "--main_process_port", str(_free_port()), script, str(tmp_path / "ddp"), str(per_device_batch_size), *options],
+         tmp_path)
+    _run([sys.executable, script, str(tmp_path / "single"), str(2 * per_device_batch_size), *options], tmp_path)
     rank0, rank1, single = (json.loads((tmp_path / name).read_text())
                             for name in ("ddp.rank0.json", "ddp.rank1.json", "single.rank0.json"))
     assert rank0["world_size"] == rank1["world_size"] == 2 and rank1["process_index"] == 1
     assert single["world_size"] == 1
-    # Same global batch (2 x 8 = 16): the same stage steps in both runs.
-    assert [s["step"] for s in rank0["stages"]] == [s["step"] for s in single["stages"]] == [14, 22, 30, 38]
-    # Both ranks accumulated the same (all-reduced) statistics, bit for bit, before any mask broadcast.
+    # Same global batch (2 x per-device x accumulation = 16 or 32): the same stage steps in both runs.
+    assert [s["step"] for s in rank0["stages"]] == [s["step"] for s in single["stages"]]
+    assert len(rank0["stages"]) == 4
+    # What is never broadcast agrees bit for bit: the statistics accumulated from the all-reduced gradients
+    # (before any mask broadcast), the vote counts D and α; and so do the masks.
     assert len(rank0["scores_sha256"]) == 4 and rank0["scores_sha256"] == rank1["scores_sha256"]
-    assert rank0["stages"] == rank1["stages"]
-    assert [s["density"] for s in rank0["stages"]] == pytest.approx([s["density"] for s in single["stages"]], abs=1e-6)
-    assert rank0["stages"][-1]["density"] == pytest.approx(0.3, abs=1e-4)
+    for stage0, stage1 in zip(rank0["stages"], rank1["stages"]):
+        assert stage0["votes"] == stage1["votes"] and stage0["alpha"] == stage1["alpha"]
+        assert stage0["masks_sha256"] == stage1["masks_sha256"]
+    # Weights: the density is the schedule's, to one weight. Channels: whole channels, at or just under it.
+    tolerance = 1e-6 if granularity == "weight" else 0.03
+    assert [s["density"] for s in rank0["stages"]] == pytest.approx([s["density"] for s in single["stages"]], abs=tolerance)
+    assert 0.3 - tolerance <= rank0["stages"][-1]["density"] <= 0.3 + 1e-4
