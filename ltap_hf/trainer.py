@@ -50,6 +50,14 @@ STATE_WEIGHTS_NAME = "ltap_state.safetensors"
 STATE_CONFIG_NAME = "ltap_state.json"
 STATE_FORMAT_VERSION = 1
 
+# LTAP settings that act only from the first scoring window on: runs that differ in them alone share
+# everything before it, so one may start from the other's branch point (`LTAPConfig.branch_from`).
+BRANCH_SETTINGS = frozenset({
+    "granularity", "target_density", "prune_schedule_unit", "prune_start", "prune_end", "prune_interval", "criteria",
+    "vote", "vote_temperature", "vote_class_weighting", "min_layer_density", "prune_classifier", "channel_round_to",
+    "channel_allocation", "save_branch_point", "branch_from",
+})
+
 
 def _help(text: str) -> dict:
     return {"help": text}
@@ -89,6 +97,18 @@ class LTAPConfig(TrainingArguments):
         default="global",
         metadata=_help("Channel pruning: 'global' ranks all channels together; 'uniform' keeps the same fraction "
                        "of every group (FLOPs and latency then fall with the parameters)."),
+    )
+    save_branch_point: bool = field(
+        default=False,
+        metadata=_help("Save a checkpoint at the last step before the first stage's scoring window opens: the "
+                       "point where runs that differ only in how they prune part ways (see branch_from)."),
+    )
+    branch_from: str | None = field(
+        default=None,
+        metadata=_help("A branch-point checkpoint (save_branch_point) of a run with the same data, model, loss and "
+                       "training arguments: this run starts there with its own pruning settings (granularity, "
+                       "target_density, criteria, vote, schedule from prune_start on ...), as if it had run from "
+                       "the start. Halves the cost of a grid of pruning arms."),
     )
     loss: str = field(default="balanced_softmax", metadata=_help(f"Training loss: {', '.join(LOSS_NAMES)}."))
     logit_adjustment_tau: float = field(default=1.0, metadata=_help("tau of the logit-adjusted loss."))
@@ -212,6 +232,8 @@ class _LTAPCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step in self.trainer.stage_steps:
             self.trainer._pruning_stage()
+        if args.save_branch_point and state.global_step == self.trainer._accumulate_from:
+            control.should_save = True
 
 
 class LTAPTrainer(Trainer):
@@ -254,11 +276,19 @@ class LTAPTrainer(Trainer):
         self._vote_dataloader = None
         self._loss_fn = None
         self._resumed_state: tuple[dict, dict] | None = None
+        self._branching = False
         self._rng_checkpoint: str | None = None
         self._rng_restored_early = False
         self._rng_before_fetch: dict | None = None
         self.card_report = None
         self.add_callback(_LTAPCallback(self))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`; with `args.branch_from` and no checkpoint to resume, starts at that branch point."""
+        self._branching = resume_from_checkpoint is None and self.args.branch_from is not None
+        if self._branching:
+            resume_from_checkpoint = self.args.branch_from
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The configured long-tail loss while training; plain cross-entropy on the raw logits in evaluation."""
@@ -301,6 +331,11 @@ class LTAPTrainer(Trainer):
         self._vote_dataloader = self._get_dataloader(self.vote_dataset, "LTAP vote", args.eval_batch_size,
                                                      self._get_eval_sampler, dataloader_key="ltap_vote")
         self._accumulate_from = self.stage_steps[0] - interval
+        if args.save_branch_point and self._accumulate_from < 1:
+            raise ValueError(
+                f"save_branch_point needs an optimizer step before the first scoring window, which opens at step "
+                f"{self._accumulate_from + 1}: start pruning later"
+            )
         self._loss_fn = build_loss(args.loss, self.class_counts, **self._loss_params(state.max_steps / self._steps_per_epoch))
         model = self.accelerator.unwrap_model(self.model)
         vote = ClassVote(args.criteria, self.class_counts, weighting=args.vote_class_weighting,
@@ -312,8 +347,11 @@ class LTAPTrainer(Trainer):
                                  round_to=args.channel_round_to, channel_allocation=args.channel_allocation)
         if self._resumed_state is not None:
             tensors, meta = self._resumed_state
-            self._check_resumed_state(meta)
-            self.pruner.load_state_dict(tensors)
+            if self._branching:
+                self._check_branch_point(tensors, meta)  # nothing pruned or scored yet: this run's own fresh state
+            else:
+                self._check_resumed_state(meta)
+                self.pruner.load_state_dict(tensors)
             self._resumed_state = None
         logger.info(f"LTAP: {len(self.stage_steps)} pruning stages at optimizer steps {self.stage_steps}")
 
@@ -515,18 +553,37 @@ class LTAPTrainer(Trainer):
         with _forked_rng():
             return super().evaluate(*args, **kwargs)
 
+    def _check_branch_point(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        untouched = (meta["stage"] == 0 and int(tensors["scores.num_steps"]) == 0
+                     and all(bool(t.all()) for k, t in tensors.items() if k.startswith("mask.")))
+        if not untouched or self.state.global_step > self._accumulate_from:
+            raise ValueError(
+                f"{self.args.branch_from} is not a branch point of this run: it was saved at step {self.state.global_step}"
+                f"{'' if untouched else ', after pruning or scoring had started'}, and this run scores from step "
+                f"{self._accumulate_from + 1} on; branch from a checkpoint saved with save_branch_point"
+            )
+        if "vote.seed" in tensors and int(tensors["vote.seed"]) != self.args.seed:
+            raise ValueError(f"{self.args.branch_from} was trained with seed {int(tensors['vote.seed'])}, this run has "
+                             f"seed {self.args.seed}: branch with the same seed")
+        self._check_settings(meta, ignore=BRANCH_SETTINGS, what="branch from it with the same loss and schedule")
+
     def _check_resumed_state(self, meta: dict) -> None:
+        if meta["stage_steps"] != self.stage_steps:
+            raise ValueError(
+                f"the checkpoint was made with other LTAP settings (stages at {meta['stage_steps']}, here "
+                f"{self.stage_steps}): resume with the settings the checkpoint was made with"
+            )
+        self._check_settings(meta, ignore=frozenset(), what="resume with the settings the checkpoint was made with")
+
+    def _check_settings(self, meta: dict, ignore: frozenset[str], what: str) -> None:
         settings = json.loads(json.dumps(self.args.ltap_settings(), default=str))
         # A field added after the checkpoint was written had its default's behaviour then.
         defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
                     for f in fields(self.args) if f.name in settings}
         saved = {**json.loads(json.dumps(defaults, default=str)), **meta["settings"]}
-        changed = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
-        if meta["stage_steps"] != self.stage_steps or changed:
-            raise ValueError(
-                f"the checkpoint was made with other LTAP settings (stages at {meta['stage_steps']}, here "
-                f"{self.stage_steps}; differing fields: {changed}): resume with the settings the checkpoint was made with"
-            )
+        changed = sorted(k for k in settings.keys() | saved.keys() if k not in ignore and settings.get(k) != saved.get(k))
+        if changed:
+            raise ValueError(f"the checkpoint was made with other LTAP settings (differing fields: {changed}): {what}")
 
 
 def load_pruning_state(folder: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -144,6 +144,27 @@ def test_resume_mid_epoch_between_two_stages_with_augmentation_ends_like_the_uni
     _assert_same_run(full, resumed)
 
 
+@pytest.mark.parametrize("granularity", ["weight", "channel"])
+def test_an_arm_branched_from_the_dense_run_equals_the_arm_run_straight_through(tmp_path, granularity):
+    arm = dict(splits=augmented_toy_splits, granularity=granularity, criteria=["magnitude", "taylor1"])
+    straight = _trainer(tmp_path / "straight", **arm)
+    straight.train()
+    # The dense run shares everything up to step 6, the last before the first stage's window (steps 7..14).
+    dense = _trainer(tmp_path / "dense", splits=augmented_toy_splits, target_density=1.0, save_branch_point=True)
+    dense.train()
+    assert sorted(p.name for p in (tmp_path / "dense").glob("checkpoint-*")) == ["checkpoint-6"]
+    branch_point = str(tmp_path / "dense" / "checkpoint-6")
+    branched = _trainer(tmp_path / "branched", model=_model(seed=123), branch_from=branch_point, **arm)
+    branched.train()
+    _assert_same_run(straight, branched)
+
+    # What acts before the branch point must match; a checkpoint after scoring began is no branch point.
+    with pytest.raises(ValueError, match=r"differing fields: \['loss'\]"):
+        _trainer(tmp_path / "ce", branch_from=branch_point, loss="ce", **arm).train()
+    with pytest.raises(ValueError, match="not a branch point"):
+        _trainer(tmp_path / "late", branch_from=branch_point, prune_start=0.1, **arm).train()
+
+
 def test_resume_under_another_seed_is_refused(tmp_path):
     full = _trainer(tmp_path / "full", save_strategy="steps", save_steps=22)
     full.train()
