@@ -380,6 +380,11 @@ def _train(model_args, data_args, training_args, run_args, dataset, splits, stat
                         "the first pruning stage)") if dense is not None else None
     model = trainer.final_model()
     cost = evaluation["cost"] if model is trained else model_cost(model, input_size)
+    if model is not trained:
+        # Slimmed: it also sheds the BatchNorm and classifier slices of the removed channels, which the
+        # zeros of the prunable weights do not count.
+        kept = sum(p.numel() for p in model.parameters())
+        density.update(overall_density=kept / density["total_parameters"], pruned_parameters=density["total_parameters"] - kept)
     trainer.card_report = PruningReport(
         **{**card, "model_type": model.config.model_type},
         model_name=_card_name(training_args, training_args.output_dir),
