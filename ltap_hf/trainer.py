@@ -33,13 +33,14 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
+from .backbones import backbone_for
 from .hub import render_model_card, save_sparse_pretrained
 from .losses import LOSS_NAMES, build_loss
 from .metrics import long_tail_accuracy, make_compute_metrics
 from .pruning.criteria import CRITERIA, criterion_indices
-from .pruning.groups import CHANNEL_ALLOCATIONS
 from .pruning.pruner import GRANULARITIES, LTAPPruner
 from .pruning.schedule import cubic_density_at, stage_steps
+from .pruning.selection import CHANNEL_ALLOCATIONS
 from .pruning.vote import CLASS_WEIGHTINGS, ClassVote
 from .weight_decay import coupled_weight_decay
 
@@ -260,6 +261,8 @@ class LTAPTrainer(Trainer):
         class_counts = list(class_counts) if class_counts is not None else _class_counts(train_dataset, num_classes)
         if len(class_counts) != num_classes:
             raise ValueError(f"class_counts has {len(class_counts)} classes, the model {num_classes}")
+        if args.granularity == "channel":
+            backbone_for(model).check_slimmable(model)  # before Trainer creates or writes anything
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          compute_metrics=compute_metrics or make_compute_metrics(class_counts), **kwargs)
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
@@ -342,9 +345,11 @@ class LTAPTrainer(Trainer):
                          temperature=args.vote_temperature, seed=args.seed, enabled=args.vote)
         decay = coupled_weight_decay(self._inner_optimizer())
         weight_decay = {name: decay.get(id(p), 0.0) for name, p in model.named_parameters()}
+        structure = backbone_for(model) if args.granularity == "channel" else None
         self.pruner = LTAPPruner(model, vote, granularity=args.granularity, weight_decay=weight_decay,
                                  min_layer_density=args.min_layer_density, prune_classifier=args.prune_classifier,
-                                 round_to=args.channel_round_to, channel_allocation=args.channel_allocation)
+                                 round_to=args.channel_round_to, channel_allocation=args.channel_allocation,
+                                 channel_structure=structure)
         if self._resumed_state is not None:
             tensors, meta = self._resumed_state
             if self._branching:
@@ -448,8 +453,8 @@ class LTAPTrainer(Trainer):
         return {name: votes[-1][f"ltap/alpha/{name}"] for name in criteria}
 
     def final_model(self):
-        """The trained model as it is published: slimmed for channel granularity (when its config can hold
-        per-layer widths), otherwise the model with its pruned weights at zero."""
+        """The trained model as it is published: slimmed for channel granularity (a new, smaller model of
+        its family's adapter), otherwise the model with its pruned weights at zero."""
         model = self.accelerator.unwrap_model(self.model)
         return self.pruner.slimmed_model() if self.args.granularity == "channel" else model
 
@@ -462,11 +467,9 @@ class LTAPTrainer(Trainer):
         if not self.args.should_save:
             return
         model = self.final_model()
-        if model is not self.accelerator.unwrap_model(self.model):
+        if self.args.granularity == "channel":
             model.save_pretrained(output_dir)
         else:
-            if self.args.granularity == "channel":
-                logger.warning(f"{type(model).__name__} cannot be slimmed: saving it masked, in the sparse format")
             save_sparse_pretrained(model, output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)

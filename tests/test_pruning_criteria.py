@@ -2,7 +2,8 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from ltap_hf.pruning.criteria import CRITERIA, ScoreAccumulator, combine_scores, criterion_indices, weight_criteria
+from ltap_hf.pruning.criteria import CRITERIA, combine_scores, criterion_indices, weight_criteria
+from ltap_hf.pruning.statistics import ScoreAccumulator
 
 
 def test_criterion_indices_accepts_names_and_indices_in_given_order():

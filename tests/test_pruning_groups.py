@@ -8,22 +8,21 @@ from torch import nn
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from ltap_hf.models import LTResNetConfig, LTResNetForImageClassification
-from ltap_hf.pruning.criteria import CRITERIA, combine_scores
+from ltap_hf.backbones import backbone_for, find_channel_groups
+from ltap_hf.backbones.traced import torch_pruning_groups
+from ltap_hf.pruning.criteria import CRITERIA, combine_scores, group_criteria
 from ltap_hf.pruning.groups import (
     ChannelGroup,
-    GroupScoreAccumulator,
     GroupSlice,
-    apply_group_masks,
-    find_channel_groups,
     full_group_masks,
-    group_criteria,
     group_density_report,
     group_parameters,
     parameter_density,
-    select_channel_groups,
 )
 from ltap_hf.pruning.masks import apply_masks, prunable_parameters
 from ltap_hf.pruning.pruner import LTAPPruner
+from ltap_hf.pruning.selection import select_channel_groups
+from ltap_hf.pruning.statistics import ScoreAccumulator
 from ltap_hf.pruning.vote import ClassVote
 
 
@@ -103,10 +102,8 @@ def _structure(groups):
     ],
 )
 def test_structural_groups_match_torch_pruning_where_it_is_right(model, example):
-    from ltap_hf.pruning.groups import _torch_pruning_groups
-
     model = model()
-    assert _structure(find_channel_groups(model)) == _structure(_torch_pruning_groups(model, torch.randn(1, *example)))
+    assert _structure(find_channel_groups(model)) == _structure(torch_pruning_groups(model, torch.randn(1, *example)))
 
 
 class _Tiny(nn.Module):
@@ -132,7 +129,7 @@ def test_other_models_use_torch_pruning_and_keep_the_head_width():
 
 def test_other_models_without_torch_pruning_raise(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "torch_pruning", None)
-    with pytest.raises(NotImplementedError, match="LTResNet"):
+    with pytest.raises(NotImplementedError, match="need Torch-Pruning"):
         find_channel_groups(_Tiny(), torch.randn(1, 3, 8, 8))
 
 
@@ -151,7 +148,7 @@ def test_group_criteria_by_hand():
     step1 = {"a": torch.full((2, 3), 1.0), "b": torch.tensor([1.0, -1.0]), "c": torch.full((4, 2), 0.5)}
     step2 = {"a": torch.full((2, 3), -1.0), "b": torch.tensor([3.0, 1.0]), "c": torch.full((4, 2), 0.5)}
     groups = _toy_group()
-    accumulator = GroupScoreAccumulator(groups, weights)
+    accumulator = ScoreAccumulator(weights, groups)
     accumulator.update(weights, step1)
     accumulator.update(weights, step2)
     scores = group_criteria(groups, weights, accumulator.mean_grad(), accumulator.taylor2_mean())["toy"]
@@ -177,18 +174,18 @@ def test_group_criteria_by_hand():
 def test_accumulator_state_round_trip_and_reset():
     weights = {"a": torch.randn(2, 3), "b": torch.randn(2), "c": torch.randn(4, 2)}
     groups = _toy_group()
-    accumulator = GroupScoreAccumulator(groups, weights)
+    accumulator = ScoreAccumulator(weights, groups)
     accumulator.update(weights, {n: torch.randn_like(w) for n, w in weights.items()})
     state = accumulator.state_dict()
     assert set(state) == {"grad_sum.a", "grad_sum.b", "grad_sum.c", "taylor2_sum.toy", "num_steps"}
     assert state["taylor2_sum.toy"].dtype == torch.float32 and state["taylor2_sum.toy"].shape == (2,)
-    restored = GroupScoreAccumulator(groups, weights)
+    restored = ScoreAccumulator(weights, groups)
     restored.load_state_dict(state)
     torch.testing.assert_close(restored.taylor2_mean()["toy"], accumulator.taylor2_mean()["toy"])
     accumulator.reset()
     assert accumulator.num_steps == 0 and not accumulator.state_dict()["taylor2_sum.toy"].any()
     with pytest.raises(ValueError, match="group_parameters"):
-        GroupScoreAccumulator(groups, {"a": weights["a"]})
+        ScoreAccumulator({"a": weights["a"]}, groups)
 
 
 def test_selection_counts_parameters_and_respects_floors_and_rounding():
@@ -233,7 +230,7 @@ def test_the_floor_holds_per_tensor_where_a_conv_sits_between_two_groups(allocat
     first = select_channel_groups(groups, scores, alive, 0.3, prunable, allocation=allocation)
     for masks in (first, select_channel_groups(groups, scores, first, 0.01, prunable, allocation=allocation)):
         masked = copy.deepcopy(model)
-        apply_group_masks(masked, groups, masks)
+        backbone_for(model).apply_channel_masks(masked, groups, masks)
         kept = {n: int(p.count_nonzero()) for n, p in prunable_parameters(masked).items()}
         assert all(kept[n] >= math.ceil(0.02 * p.numel()) for n, p in prunable.items()), kept
         assert all(not (masks[n] & ~alive[n]).any() for n in masks)
@@ -251,7 +248,7 @@ def test_uniform_allocation_thins_every_group_alike_and_cuts_macs_with_parameter
         selected = select_channel_groups(groups, scores, alive, 0.3, prunable, allocation=allocation)
         assert 0.27 < parameter_density(groups, selected, prunable) <= 0.3
         masked = copy.deepcopy(model)
-        apply_group_masks(masked, groups, selected)
+        backbone_for(model).apply_channel_masks(masked, groups, selected)
         return selected, group_density_report(masked, groups, selected, (3, 32, 32))
 
     # Global magnitude ranking keeps the residual streams (many slices, large norms) whole.
@@ -290,9 +287,9 @@ def test_uniform_allocation_thins_every_group_alike_and_cuts_macs_with_parameter
 
 def test_pruner_checks_its_channel_options_when_built():
     model, vote = _lt_resnet("resnet20"), ClassVote(CRITERIA, [10] * 10)
-    assert LTAPPruner(model, vote, granularity="channel", channel_allocation="uniform").units.allocation == "uniform"
+    assert LTAPPruner(model, vote, granularity="channel", channel_allocation="uniform", channel_structure=backbone_for(model)).units.allocation == "uniform"
     with pytest.raises(ValueError, match="channel_allocation must be one of"):
-        LTAPPruner(model, vote, granularity="channel", channel_allocation="layer")
+        LTAPPruner(model, vote, granularity="channel", channel_allocation="layer", channel_structure=backbone_for(model))
     with pytest.raises(ValueError, match="channel pruning only"):
         LTAPPruner(model, vote, channel_allocation="uniform")
 
@@ -304,7 +301,7 @@ def test_masks_zero_whole_channels_and_padding_shortcut_copies():
     alive["resnet.stages.1"][[3, 8, 20]] = False  # 8 and 20 receive stream-0 channels 0 and 12 through the pad
     alive["resnet.embedder"][[5]] = False
     alive["resnet.stages.0.layers.2.layer.0.conv"][[1, 2]] = False
-    masks = apply_group_masks(model, groups, alive)
+    masks = backbone_for(model).apply_channel_masks(model, groups, alive)
 
     hidden = model(torch.randn(2, 3, 32, 32), output_hidden_states=True).hidden_states
     assert not hidden[1][:, 5].any()  # stage-0 stream channel
@@ -334,7 +331,7 @@ def test_masked_option_a_model_saves_and_reloads_with_the_same_function(tmp_path
     groups = find_channel_groups(model)
     alive = full_group_masks(groups)
     alive["resnet.stages.2"][16:40:3] = False
-    apply_group_masks(model, groups, alive)
+    backbone_for(model).apply_channel_masks(model, groups, alive)
     model.save_pretrained(tmp_path)
     reloaded = LTResNetForImageClassification.from_pretrained(tmp_path).eval()
     pixels = torch.randn(2, 3, 32, 32)
@@ -346,7 +343,7 @@ def test_density_report_counts_parameters_and_macs():
     groups = find_channel_groups(model)
     scores, alive = _magnitude_scores(groups, model)
     selected = select_channel_groups(groups, scores, alive, 0.5, prunable_parameters(model))
-    apply_group_masks(model, groups, selected)
+    backbone_for(model).apply_channel_masks(model, groups, selected)
     report = group_density_report(model, groups, selected, (3, 32, 32))
     assert report["prunable_density"] == pytest.approx(parameter_density(groups, selected, prunable_parameters(model)))
     assert report["prunable_density"] <= 0.5

@@ -4,7 +4,8 @@ from safetensors.torch import save
 from torch import nn
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from ltap_hf.pruning.masks import apply_masks, density, density_report, full_masks, prunable_parameters, select_mask
+from ltap_hf.pruning.masks import apply_masks, density, density_report, full_masks, prunable_parameters
+from ltap_hf.pruning.selection import select_mask
 
 
 def _all_alive(**tensors):

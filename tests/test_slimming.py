@@ -1,14 +1,13 @@
 import copy
-import logging
 
 import pytest
 import torch
-from transformers import AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification
+from transformers import AutoModelForImageClassification
 
 from ltap_hf.models import LTResNetConfig, LTResNetForImageClassification
 from ltap_hf.models.modeling_lt_resnet import LTResNetConvLayer
-from ltap_hf.pruning.groups import apply_group_masks, find_channel_groups, full_group_masks, group_density_report
-from ltap_hf.pruning.slimming import slim_model
+from ltap_hf.backbones import backbone_for, find_channel_groups, slim_model
+from ltap_hf.pruning.groups import full_group_masks, group_density_report
 
 
 def _trained_statistics(model, image_size: int):
@@ -55,7 +54,7 @@ def test_slimmed_model_computes_the_masked_function(case):
     model = build()
     groups = find_channel_groups(model)
     alive = _random_alive(groups)
-    apply_group_masks(model, groups, alive)
+    backbone_for(model).apply_channel_masks(model, groups, alive)
     before = copy.deepcopy(model.state_dict())
     slim = slim_model(model, groups, alive)
 
@@ -73,7 +72,7 @@ def test_slimmed_model_round_trips_bit_identical_through_save_pretrained(tmp_pat
     model = _lt_resnet("resnet32", 32)
     groups = find_channel_groups(model)
     alive = _random_alive(groups, seed=1, keep=0.4)
-    apply_group_masks(model, groups, alive)
+    backbone_for(model).apply_channel_masks(model, groups, alive)
     slim = slim_model(model, groups, alive)
     slim.save_pretrained(tmp_path)
 
@@ -107,29 +106,9 @@ def test_conv_shortcut_survives_equal_slimmed_widths():
     alive = full_group_masks(groups)
     alive["resnet.embedder"][8:] = False
     alive["resnet.stages.0"][torch.randperm(32, generator=torch.Generator().manual_seed(0))[:24]] = False
-    apply_group_masks(model, groups, alive)
+    backbone_for(model).apply_channel_masks(model, groups, alive)
     slim = slim_model(model, groups, alive)
     assert isinstance(slim.resnet.stages[0].layers[0].shortcut, LTResNetConvLayer)
     assert slim.config.embedding_size != slim.config.hidden_sizes[0]
     pixels = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(slim(pixels).logits, model(pixels).logits, rtol=0, atol=1e-5)
-
-
-def test_transformers_resnet_is_returned_masked_with_a_warning(caplog):
-    torch.manual_seed(0)
-    config = ResNetConfig(
-        embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="basic", num_labels=5
-    )
-    model = _trained_statistics(ResNetForImageClassification(config), 64)
-    groups = find_channel_groups(model)
-    alive = _random_alive(groups)
-    dense = copy.deepcopy(model)
-    with caplog.at_level(logging.WARNING):
-        result = slim_model(model, groups, alive)
-    assert result is model
-    assert "saved masked, not slimmed" in caplog.text
-    conv = model.resnet.encoder.stages[3].layers[0].layer[1].convolution.weight
-    dead = ~alive[groups[-1].name]
-    assert not conv[dead].any() and conv[~dead].any()
-    pixels = torch.randn(2, 3, 64, 64)
-    assert not torch.allclose(dense(pixels).logits, model(pixels).logits)

@@ -1,24 +1,31 @@
-"""LTAP's pruning algorithm as plain tensor code: criteria, class-aware vote, schedule and masks."""
+"""LTAP's pruning algorithm as plain tensor code: criteria, statistics, vote, schedule, units, selection
+and masks. It imports no model class: model families live in `ltap_hf.backbones`."""
 
-from .criteria import CRITERIA, ScoreAccumulator, combine_scores, criterion_indices, weight_criteria
-from .masks import apply_masks, density, density_report, full_masks, prunable_parameters, select_mask
-from .groups import ChannelGroup, find_channel_groups, group_density_report
+from .criteria import CRITERIA, REGISTRY, Criterion, combine_scores, criterion_indices, group_criteria, weight_criteria
+from .groups import ChannelGroup, ChannelStructure, apply_group_masks, group_density_report, group_parameters
+from .masks import apply_masks, density, density_report, full_masks, prunable_parameters
 from .pruner import GRANULARITIES, LTAPPruner, StageResult
-from .slimming import slim_model
 from .schedule import cubic_density, cubic_density_at, stage_steps
+from .selection import CHANNEL_ALLOCATIONS, select_channel_groups, select_mask
+from .statistics import ScoreAccumulator
 from .vote import CLASS_WEIGHTINGS, ClassVote, VoteResult, stage_generator
 
 
 __all__ = [
+    "CHANNEL_ALLOCATIONS",
     "CLASS_WEIGHTINGS",
-    "GRANULARITIES",
-    "ChannelGroup",
     "CRITERIA",
+    "GRANULARITIES",
+    "REGISTRY",
+    "ChannelGroup",
+    "ChannelStructure",
     "ClassVote",
+    "Criterion",
     "LTAPPruner",
     "ScoreAccumulator",
     "StageResult",
     "VoteResult",
+    "apply_group_masks",
     "apply_masks",
     "combine_scores",
     "criterion_indices",
@@ -26,12 +33,13 @@ __all__ = [
     "cubic_density_at",
     "density",
     "density_report",
-    "find_channel_groups",
-    "group_density_report",
     "full_masks",
+    "group_criteria",
+    "group_density_report",
+    "group_parameters",
     "prunable_parameters",
+    "select_channel_groups",
     "select_mask",
-    "slim_model",
     "stage_generator",
     "stage_steps",
     "weight_criteria",

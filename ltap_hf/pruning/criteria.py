@@ -1,25 +1,96 @@
-"""The five importance criteria of LTAP, their accumulation over training steps, and their combination.
+"""The importance criteria of LTAP, one registry with each criterion's weight and channel form side by side,
+and their combination into one score per unit.
 
-The code is split by what it knows about a *unit* (the thing that gets pruned):
-
-- `ScoreAccumulator` and `weight_criteria` are weight-specific: one unit is one scalar weight.
-- `combine_scores` only sees per-unit score tensors and alive masks of matching shape, so it serves
-  any granularity (a channel-group criterion function plugs in beside `weight_criteria`).
-
-All statistics are float32 whatever the parameter dtype, so bf16/fp16 training does not lose the
-small squared Taylor terms.
+A criterion reads statistics of its units (`WeightStatistics` of one tensor, `ChannelStatistics` of one
+channel group) and returns one score per unit. Adding a criterion is one `Criterion(...)` in `REGISTRY`.
+`combine_scores` only sees per-unit score tensors and alive masks of matching shape, so it serves any
+granularity.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
+from .groups import ChannelGroup, GroupSums
 
-CRITERIA: tuple[str, ...] = ("magnitude", "avg_magnitude", "cosine", "taylor1", "taylor2")
 
 _EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class WeightStatistics:
+    """One prunable tensor W, for scores per scalar weight (all float32, shape of W = [out, ...]).
+
+    Attributes:
+        weight: W.
+        grad_mean: ḡ, the mean gradient since the last stage.
+        taylor2_mean: the mean over those steps of ½(w·g)².
+    """
+
+    weight: torch.Tensor
+    grad_mean: torch.Tensor
+    taylor2_mean: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ChannelStatistics:
+    """One channel group, for scores per channel (all float32 [C_g]); x is a channel's concatenated slices.
+
+    Attributes:
+        norm: ‖x‖₂.
+        grad_norm: ‖ḡ‖₂ over the same slices of the mean gradient.
+        dot: ⟨x, ḡ⟩.
+        size: size(x), every entry of the slices counted (pruned zeros included).
+        taylor2_mean: the mean over steps of ½⟨x, g⟩².
+    """
+
+    norm: torch.Tensor
+    grad_norm: torch.Tensor
+    dot: torch.Tensor
+    size: int
+    taylor2_mean: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A named criterion: its score per scalar weight, and per channel of a group (ALGORITHM.md's table)."""
+
+    name: str
+    weight: Callable[[WeightStatistics], torch.Tensor]
+    channel: Callable[[ChannelStatistics], torch.Tensor]
+
+
+def _avg_magnitude(s: WeightStatistics) -> torch.Tensor:
+    # The mean over the whole tensor, pruned zeros included, as the channel form divides by the fixed size(x).
+    magnitude = s.weight.abs()
+    return magnitude / magnitude.mean().clamp_min(_EPS)
+
+
+def _filter_cosine(s: WeightStatistics) -> torch.Tensor:
+    """The cosine of each output filter (row of W over dims 1..) with its row of ḡ, plus 1, shared by
+    the filter's weights."""
+    rows_w, rows_g = s.weight.reshape(s.weight.shape[0], -1), s.grad_mean.reshape(s.grad_mean.shape[0], -1)
+    dot = (rows_w * rows_g).sum(dim=1)
+    cosine = dot / (rows_w.norm(dim=1) * rows_g.norm(dim=1)).clamp_min(_EPS) + 1.0
+    return cosine.reshape((-1,) + (1,) * (s.weight.dim() - 1)).expand_as(s.weight)
+
+
+REGISTRY: dict[str, Criterion] = {
+    c.name: c
+    for c in (
+        Criterion("magnitude", weight=lambda s: s.weight.abs(), channel=lambda s: s.norm),
+        Criterion("avg_magnitude", weight=_avg_magnitude, channel=lambda s: s.norm / s.size),
+        Criterion("cosine", weight=_filter_cosine,
+                  channel=lambda s: s.dot / (s.norm * s.grad_norm).clamp_min(_EPS) + 1.0),
+        Criterion("taylor1", weight=lambda s: (s.weight * s.grad_mean).abs(), channel=lambda s: s.dot.abs()),
+        Criterion("taylor2", weight=lambda s: s.taylor2_mean, channel=lambda s: s.taylor2_mean),
+    )
+}
+
+CRITERIA: tuple[str, ...] = tuple(REGISTRY)
 
 
 def criterion_indices(criteria: Sequence[str | int] | None) -> list[int]:
@@ -48,101 +119,8 @@ def criterion_indices(criteria: Sequence[str | int] | None) -> list[int]:
     return indices
 
 
-class ScoreAccumulator:
-    """Running per-weight gradient statistics between two pruning stages.
-
-    Holds, for every prunable tensor W (any shape, any floating dtype), float32 buffers of W's shape:
-    the sum of the gradients g and the sum of ½(w·g)² over the optimizer steps since the last
-    `reset()`. `update` allocates nothing: it works in a preallocated scratch buffer.
-
-    Args:
-        parameters: name -> prunable tensor. Only shapes and devices are read.
-    """
-
-    def __init__(self, parameters: Mapping[str, torch.Tensor]) -> None:
-        if not parameters:
-            raise ValueError("parameters must hold at least one prunable tensor, got an empty mapping")
-        self.names: tuple[str, ...] = tuple(parameters)
-        self._grad_sum = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in parameters.items()}
-        self._taylor2_sum = {n: torch.zeros_like(b) for n, b in self._grad_sum.items()}
-        self._scratch = {n: torch.empty_like(b) for n, b in self._grad_sum.items()}
-        self.num_steps = 0
-
-    @torch.no_grad()
-    def update(self, weights: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> None:
-        """Add one optimizer step: `grad_sum += g` and `taylor2_sum += ½(w·g)²`.
-
-        Args:
-            weights: name -> weight W at this step (before the optimizer moves it), any float dtype.
-            grads: name -> synchronised gradient of W, weight-decay term included, same shape as W.
-        """
-        for name in self.names:
-            if name not in weights or name not in grads:
-                raise ValueError(
-                    f"update() needs a weight and a gradient for {name!r}; pass zeros for an unused tensor"
-                )
-            weight, grad = weights[name], grads[name]
-            scratch = self._scratch[name]
-            # copy_ then mul_ keeps the product in float32 even when w and g are bf16/fp16.
-            scratch.copy_(weight).mul_(grad)
-            self._taylor2_sum[name].addcmul_(scratch, scratch, value=0.5)
-            self._grad_sum[name].add_(grad)
-        self.num_steps += 1
-
-    def _check_steps(self) -> None:
-        if self.num_steps == 0:
-            raise ValueError(
-                "no optimizer steps were accumulated since the last reset(); call update() at least once "
-                "before scoring (a pruning stage needs gradients)"
-            )
-
-    def mean_grad(self) -> dict[str, torch.Tensor]:
-        """ḡ: name -> mean gradient over the accumulated steps, float32, shape of the tensor."""
-        self._check_steps()
-        return {n: b / self.num_steps for n, b in self._grad_sum.items()}
-
-    def taylor2_mean(self) -> dict[str, torch.Tensor]:
-        """name -> mean over the accumulated steps of ½(w·g)², float32, shape of the tensor."""
-        self._check_steps()
-        return {n: b / self.num_steps for n, b in self._taylor2_sum.items()}
-
-    def reset(self) -> None:
-        """Start a new accumulation window (called right after a pruning stage)."""
-        for buffer in (*self._grad_sum.values(), *self._taylor2_sum.values()):
-            buffer.zero_()
-        self.num_steps = 0
-
-    def nbytes(self) -> int:
-        """Bytes held by the accumulator's buffers (sums and scratch)."""
-        buffers = (*self._grad_sum.values(), *self._taylor2_sum.values(), *self._scratch.values())
-        return sum(b.numel() * b.element_size() for b in buffers)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors only (safetensors-ready): `grad_sum.<name>`, `taylor2_sum.<name>` and `num_steps` (int64, 0-d)."""
-        state = {f"grad_sum.{n}": b for n, b in self._grad_sum.items()}
-        state.update({f"taylor2_sum.{n}": b for n, b in self._taylor2_sum.items()})
-        state["num_steps"] = torch.tensor(self.num_steps, dtype=torch.int64)
-        return state
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore what `state_dict` wrote; keys and shapes must match this accumulator's tensors."""
-        expected = set(self.state_dict())
-        if set(state) != expected:
-            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(
-                f"accumulator state does not match its tensors: missing {missing}, unexpected {unexpected}"
-            )
-        for prefix, buffers in (("grad_sum", self._grad_sum), ("taylor2_sum", self._taylor2_sum)):
-            for name, buffer in buffers.items():
-                value = state[f"{prefix}.{name}"]
-                if value.shape != buffer.shape:
-                    raise ValueError(f"{prefix}.{name} has shape {tuple(value.shape)}, expected {tuple(buffer.shape)}")
-                buffer.copy_(value)
-        self.num_steps = int(state["num_steps"])
-
-
 def weight_criteria(weight: torch.Tensor, grad_mean: torch.Tensor, taylor2_mean: torch.Tensor) -> torch.Tensor:
-    """The five criteria for every scalar weight of one tensor (ALGORITHM.md, "single weight" column).
+    """Every criterion for every scalar weight of one tensor (ALGORITHM.md, "single weight" column).
 
     Args:
         weight: W, shape [out, ...] (a conv's [out, in, kh, kw] or a linear's [out, in]).
@@ -150,27 +128,51 @@ def weight_criteria(weight: torch.Tensor, grad_mean: torch.Tensor, taylor2_mean:
         taylor2_mean: mean over steps of ½(w·g)², shape of W.
 
     Returns:
-        float32 tensor [len(CRITERIA), *W.shape] in `CRITERIA` order:
-        |w|; |w| / mean(|W|) with the mean over the whole tensor (pruned zeros included, as the
-        channel version divides by the fixed size of x); the cosine of the output filter
-        (row of W flattened over dims 1..) with its row of ḡ, plus 1, shared by the filter's weights;
-        |w·ḡ|; and the mean of ½(w·g)².
+        float32 tensor [len(CRITERIA), *W.shape] in `CRITERIA` order.
     """
     if not (weight.shape == grad_mean.shape == taylor2_mean.shape):
         raise ValueError(
             f"weight, grad_mean and taylor2_mean must share a shape, got {tuple(weight.shape)}, "
             f"{tuple(grad_mean.shape)} and {tuple(taylor2_mean.shape)}"
         )
-    w = weight.detach().float()
-    g = grad_mean.float()
-    magnitude = w.abs()
-    avg_magnitude = magnitude / magnitude.mean().clamp_min(_EPS)
-    rows_w, rows_g = w.reshape(w.shape[0], -1), g.reshape(g.shape[0], -1)
-    dot = (rows_w * rows_g).sum(dim=1)
-    cosine_per_filter = dot / (rows_w.norm(dim=1) * rows_g.norm(dim=1)).clamp_min(_EPS) + 1.0
-    cosine = cosine_per_filter.reshape((-1,) + (1,) * (w.dim() - 1)).expand_as(w)
-    taylor1 = (w * g).abs()
-    return torch.stack([magnitude, avg_magnitude, cosine, taylor1, taylor2_mean.float()])
+    statistics = WeightStatistics(weight.detach().float(), grad_mean.float(), taylor2_mean.float())
+    return torch.stack([criterion.weight(statistics) for criterion in REGISTRY.values()])
+
+
+def group_criteria(
+    groups: Sequence[ChannelGroup],
+    weights: Mapping[str, torch.Tensor],
+    grad_mean: Mapping[str, torch.Tensor],
+    taylor2_mean: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Every criterion for every group channel (ALGORITHM.md, "channel group" column).
+
+    Args:
+        groups: the channel groups.
+        weights: tensor name -> current weight, every tensor the groups slice as parameters.
+        grad_mean: tensor name -> ḡ (`ScoreAccumulator.mean_grad()`).
+        taylor2_mean: group name -> [C_g] (`ScoreAccumulator.taylor2_mean()` with groups).
+
+    Returns:
+        group name -> float32 [len(CRITERIA), C_g], rows in `CRITERIA` order: the per-unit scores that
+        `combine_scores` takes.
+    """
+    sums = GroupSums(groups, weights)
+    missing = sorted({tensor for tensor, _ in sums.slices} - set(grad_mean))
+    if missing:
+        raise ValueError(f"grad_mean lacks tensors the groups slice: {missing}")
+    w = {n: weights[n].detach().float() for n, _ in sums.slices}
+    g = {n: grad_mean[n].float() for n, _ in sums.slices}
+    norm_sq, grad_norm_sq = sums({n: t.square() for n, t in w.items()}), sums({n: t.square() for n, t in g.items()})
+    dot = sums({n: w[n] * g[n] for n in w})
+    sizes = sums.sizes({n: t.shape for n, t in w.items()})
+    scores = {}
+    for group in groups:
+        norm = norm_sq[group.name].sqrt()
+        statistics = ChannelStatistics(norm, grad_norm_sq[group.name].sqrt(), dot[group.name], sizes[group.name],
+                                       taylor2_mean[group.name].float().to(norm.device))
+        scores[group.name] = torch.stack([criterion.channel(statistics) for criterion in REGISTRY.values()])
+    return scores
 
 
 def combine_scores(

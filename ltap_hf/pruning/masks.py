@@ -1,13 +1,12 @@
-"""Which tensors are prunable, which units stay alive, and how masks are applied and reported.
+"""Which tensors are prunable, and how masks are applied and reported.
 
-`select_mask` and `density` are unit-agnostic: a mask entry is one unit, whatever a unit is.
-`prunable_parameters`, `full_masks`, `apply_masks` and `density_report` are weight-granularity:
-their masks have the shape of the weight they cover.
+`density` is unit-agnostic: a mask entry is one unit, whatever a unit is. `prunable_parameters`,
+`full_masks`, `apply_masks` and `density_report` are weight-granularity: their masks have the shape of
+the weight they cover.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
@@ -37,81 +36,6 @@ def prunable_parameters(model: nn.Module, prune_classifier: bool = False) -> dic
 def full_masks(parameters: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """All-alive bool masks with the shape and device of each tensor (the state before any stage)."""
     return {n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in parameters.items()}
-
-
-def _layer_floor(numel: int, min_layer_density: float) -> int:
-    return max(1, math.ceil(min_layer_density * numel))
-
-
-def select_mask(
-    scores: Mapping[str, torch.Tensor],
-    alive: Mapping[str, torch.Tensor],
-    density: float,
-    min_layer_density: float = 0.02,
-) -> dict[str, torch.Tensor]:
-    """Prune the lowest-scored alive units, ranked globally, until round(density · total) stay alive.
-
-    Masks only shrink: dead units stay dead, and a density above the current one prunes nothing.
-    Per-tensor floor: a tensor keeps at least max(1, ceil(min_layer_density · numel)) units, its
-    best-scored alive ones (or all its alive units if it already has fewer). When the floors make
-    the target unreachable the floors win, and the result is denser than asked; callers read the
-    achieved density with `density`.
-
-    Ties are broken deterministically: by ascending score with a stable sort over the tensors in
-    `alive`'s order, each flattened in index order (the earlier unit goes first).
-
-    Args:
-        scores: name -> float scores [*U] (e.g. from `combine_scores`); low is pruned first.
-        alive: name -> bool [*U], the current mask.
-        density: target fraction of all units (over every tensor) to keep, in (0, 1].
-        min_layer_density: per-tensor floor as a fraction of the tensor's units, in [0, 1].
-
-    Returns:
-        name -> new bool mask [*U] (the inputs are not modified).
-    """
-    if not 0 < density <= 1:
-        raise ValueError(f"density must be in (0, 1], got {density}")
-    if not 0 <= min_layer_density <= 1:
-        raise ValueError(f"min_layer_density must be in [0, 1], got {min_layer_density}")
-    if set(scores) != set(alive):
-        raise ValueError(f"scores and alive must name the same tensors, got {sorted(scores)} and {sorted(alive)}")
-
-    total = sum(mask.numel() for mask in alive.values())
-    num_alive = sum(int(mask.sum()) for mask in alive.values())
-    num_to_drop = num_alive - round(density * total)
-    if num_to_drop <= 0:
-        return {name: mask.clone() for name, mask in alive.items()}
-
-    # Rank on one device over the masks flattened end to end; `offset` maps a tensor's units there.
-    device = next(iter(alive.values())).device
-    candidate_scores, candidate_positions = [], []
-    offset = 0
-    for name, mask in alive.items():
-        score = scores[name]
-        if score.shape != mask.shape:
-            raise ValueError(f"scores[{name!r}] has shape {tuple(score.shape)}, but its mask has {tuple(mask.shape)}")
-        alive_positions = mask.reshape(-1).to(device).nonzero().squeeze(1)
-        alive_scores = score.reshape(-1).to(device)[alive_positions].float()
-        if torch.isnan(alive_scores).any():
-            raise ValueError(f"scores[{name!r}] has NaN for alive units; check the gradients and criteria")
-        num_protected = min(_layer_floor(mask.numel(), min_layer_density), alive_positions.numel())
-        # The protected units are the last `num_protected` of the stable ascending order; sorting the
-        # rest back into index order makes the global stable sort break ties by (tensor, index).
-        ascending = torch.sort(alive_scores, stable=True).indices
-        droppable = ascending[: alive_positions.numel() - num_protected].sort().values
-        candidate_scores.append(alive_scores[droppable])
-        candidate_positions.append(alive_positions[droppable] + offset)
-        offset += mask.numel()
-
-    all_positions = torch.cat(candidate_positions)
-    dropped = all_positions[torch.sort(torch.cat(candidate_scores), stable=True).indices[:num_to_drop]]
-    flat = torch.cat([mask.reshape(-1).to(device) for mask in alive.values()])
-    flat[dropped] = False
-    # clone(): views of one buffer would share storage, which safetensors refuses to save.
-    pieces = flat.split([mask.numel() for mask in alive.values()])
-    return {
-        name: piece.reshape(mask.shape).to(mask.device).clone() for (name, mask), piece in zip(alive.items(), pieces)
-    }
 
 
 @torch.no_grad()

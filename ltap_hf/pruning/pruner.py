@@ -8,6 +8,8 @@ Its whole state is a flat dict of tensors (`state_dict`), ready for safetensors.
 
 What a unit is (a weight, or a channel of a coupled group) is the business of a small `units`
 object; the vote, the normalisation and combination of the criteria, and the bookkeeping are shared.
+Channel units need the model's `ChannelStructure` (its `ltap_hf.backbones` adapter): this package knows
+no model class.
 """
 
 from __future__ import annotations
@@ -18,92 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .criteria import ScoreAccumulator, combine_scores, weight_criteria
-from .groups import (
-    CHANNEL_ALLOCATIONS,
-    GroupScoreAccumulator,
-    apply_group_masks,
-    find_channel_groups,
-    full_group_masks,
-    group_density_report,
-    group_criteria,
-    group_parameters,
-    group_tensor_masks,
-    parameter_density,
-    select_channel_groups,
-)
-from .masks import apply_masks, density, density_report, full_masks, prunable_parameters, select_mask
-from .slimming import slim_model
+from .criteria import combine_scores
+from .groups import ChannelStructure
+from .masks import apply_masks
+from .selection import CHANNEL_ALLOCATIONS
+from .units import ChannelUnits, WeightUnits
 from .vote import ClassVote, VoteResult
 
 
 GRANULARITIES = ("weight", "channel")
-
-
-class WeightUnits:
-    """One unit per scalar weight of the prunable tensors; a unit mask is the tensor's own mask."""
-
-    def __init__(self, model: nn.Module, prune_classifier: bool):
-        self.parameters = prunable_parameters(model, prune_classifier=prune_classifier)
-
-    def full_masks(self) -> dict[str, torch.Tensor]:
-        return full_masks(self.parameters)
-
-    def accumulator(self) -> ScoreAccumulator:
-        return ScoreAccumulator(self.parameters)
-
-    def criteria(self, grad_mean: dict, taylor2_mean: dict) -> dict[str, torch.Tensor]:
-        return {n: weight_criteria(w, grad_mean[n], taylor2_mean[n]) for n, w in self.parameters.items()}
-
-    def select(self, scores: dict, alive: dict, target_density: float, floor: float) -> dict[str, torch.Tensor]:
-        return select_mask(scores, alive, target_density, floor)
-
-    def tensor_masks(self, alive: dict) -> dict[str, torch.Tensor]:
-        return alive
-
-    def density(self, alive: dict) -> float:
-        return density(alive)
-
-    def report(self, model: nn.Module, alive: dict) -> dict:
-        return density_report(model, alive)
-
-
-class ChannelUnits:
-    """One unit per channel of a coupled channel group (`find_channel_groups`); density counts parameters."""
-
-    def __init__(self, model: nn.Module, prune_classifier: bool, round_to: int, allocation: str):
-        self.model = model
-        self.groups = find_channel_groups(model)
-        self.parameters = group_parameters(model, self.groups)
-        self.counted = prunable_parameters(model, prune_classifier=prune_classifier)
-        self.round_to = round_to
-        self.allocation = allocation
-
-    def full_masks(self) -> dict[str, torch.Tensor]:
-        return full_group_masks(self.groups, device=next(iter(self.parameters.values())).device)
-
-    def accumulator(self) -> ScoreAccumulator:
-        return GroupScoreAccumulator(self.groups, self.parameters)
-
-    def criteria(self, grad_mean: dict, taylor2_mean: dict) -> dict[str, torch.Tensor]:
-        return group_criteria(self.groups, self.parameters, grad_mean, taylor2_mean)
-
-    def select(self, scores: dict, alive: dict, target_density: float, floor: float) -> dict[str, torch.Tensor]:
-        return select_channel_groups(self.groups, scores, alive, target_density, self.counted, floor, self.round_to,
-                                     self.allocation)
-
-    def tensor_masks(self, alive: dict) -> dict[str, torch.Tensor]:
-        # Also stops parameter-free shortcuts from copying into or out of pruned channels.
-        return apply_group_masks(self.model, self.groups, alive)
-
-    def density(self, alive: dict) -> float:
-        return parameter_density(self.groups, alive, self.counted)
-
-    def report(self, model: nn.Module, alive: dict) -> dict:
-        report = group_density_report(model, self.groups, alive)
-        masks = group_tensor_masks(model, self.groups, alive)
-        report["per_tensor"] = {n: float(masks[n].float().mean()) if n in masks else 1.0 for n in self.counted}
-        return report
 
 
 @dataclass(frozen=True)
@@ -131,6 +56,8 @@ class LTAPPruner:
         round_to: channel granularity only: keep every group's width a multiple of this.
         channel_allocation: channel granularity only: "global" ranking of all channels, or "uniform"
             (every group keeps the same fraction; see `select_channel_groups`).
+        channel_structure: channel granularity only: how the model's channels couple and are removed,
+            `ltap_hf.backbones.backbone_for(model)`.
     """
 
     def __init__(
@@ -143,6 +70,7 @@ class LTAPPruner:
         prune_classifier: bool = False,
         round_to: int = 1,
         channel_allocation: str = "global",
+        channel_structure: ChannelStructure | None = None,
     ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
@@ -157,7 +85,10 @@ class LTAPPruner:
                 )
             self.units = WeightUnits(model, prune_classifier)
         else:
-            self.units = ChannelUnits(model, prune_classifier, round_to, channel_allocation)
+            if channel_structure is None:
+                raise ValueError("granularity='channel' needs the model's channel structure: pass "
+                                 "channel_structure=ltap_hf.backbones.backbone_for(model)")
+            self.units = ChannelUnits(model, channel_structure, prune_classifier, round_to, channel_allocation)
         self.parameters = self.units.parameters
         if not self.parameters:
             raise ValueError(f"{type(model).__name__} has no prunable Conv2d/Linear weight")
@@ -232,10 +163,10 @@ class LTAPPruner:
         return self.units.report(model, self.alive)
 
     def slimmed_model(self) -> nn.Module:
-        """Channel granularity: the model with its pruned channels removed (see `slim_model`)."""
+        """Channel granularity: a new model with the pruned channels removed (its adapter's `slim`)."""
         if self.granularity != "channel":
             raise ValueError("slimming removes channels: it needs granularity='channel'")
-        return slim_model(self.units.model, self.units.groups, self.alive)
+        return self.units.slim(self.alive)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Unit masks (as uint8), vote and accumulator state, with `mask.`, `vote.`, `scores.` prefixes."""
