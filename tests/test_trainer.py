@@ -265,6 +265,13 @@ def test_bad_ltap_config_values_are_rejected(tmp_path, kwargs, message):
         _args(tmp_path, **kwargs)
 
 
+def test_a_diverging_run_stops_at_the_step_its_loss_is_not_finite(tmp_path):
+    trainer = _trainer(tmp_path, learning_rate=1e6, warmup_steps=0)
+    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at optimizer step \d+ .*diverged. Lower the learning rate \(it is \d+"):
+        trainer.train()
+    assert trainer.state.global_step < 14  # before the first pruning stage, not at it
+
+
 def test_prune_end_past_training_is_rejected_at_train_time(tmp_path):
     trainer = _trainer(tmp_path, prune_schedule_unit="epoch", prune_start=2, prune_end=9)
     with pytest.raises(ValueError, match="prune_end"):
