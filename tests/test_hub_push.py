@@ -164,3 +164,55 @@ def test_trainer_push_to_hub_publishes_sparse_model_card_and_plots(hub_server, t
     assert "model.safetensors" not in published
     assert b"model-index" in published["README.md"] and b"LTAP" in published["README.md"]
     assert "pulled" in _run(PULL_TRAINED, hub_server, tmp_path, "hf-pull-trained", repo=repo).stdout
+
+
+PUSH_FOREIGN = """
+import json, sys
+import numpy as np, torch
+from PIL import Image
+from transformers import ResNetConfig, ResNetForImageClassification
+from ltap_hf.hub import push_pruned_to_hub
+from ltap_hf.models.image_processing import make_image_processor
+from ltap_hf.pruning import apply_masks, full_masks, prunable_parameters, select_mask
+
+out, repo = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                      id2label={0: "cat", 1: "dog", 2: "bird"}, label2id={"cat": 0, "dog": 1, "bird": 2})
+model = ResNetForImageClassification(config).eval()
+parameters = prunable_parameters(model)
+apply_masks(parameters, select_mask({n: p.detach().abs() for n, p in parameters.items()}, full_masks(parameters), 0.3, 0.0))
+processor = make_image_processor(32, [0.5] * 3, [0.25] * 3)
+image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+image.save(out + "/image.png")
+with torch.no_grad():
+    probabilities = model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0]
+json.dump({config.id2label[i]: float(p) for i, p in enumerate(probabilities)}, open(out + "/expected.json", "w"))
+push_pruned_to_hub(model, repo, processor)
+print("pushed")
+"""
+
+PIPELINE_WITHOUT_LTAP_HF = """
+import json, sys
+sys.modules["ltap_hf"] = None
+from PIL import Image
+from transformers import pipeline
+out, repo = sys.argv[1], sys.argv[2]
+classifier = pipeline("image-classification", model=repo, trust_remote_code=True)
+scores = {p["label"]: p["score"] for p in classifier(Image.open(out + "/image.png"))}
+expected = json.load(open(out + "/expected.json"))
+assert scores.keys() == expected.keys() and all(abs(scores[k] - expected[k]) < 1e-5 for k in scores), (scores, expected)
+print(type(classifier.model).__name__, "classified")
+"""
+
+
+def test_a_weight_pruned_transformers_backbone_runs_in_a_pipeline_from_the_hub(hub_server, tmp_path):
+    repo = "user/pruned-resnet-foreign"
+    assert "pushed" in _run(PUSH_FOREIGN, hub_server, tmp_path, "hf-push-foreign", repo).stdout
+    published = hub_server.files(repo)
+    assert "model.safetensors" not in published and SPARSE_WEIGHTS_NAME in published
+    assert json.loads(published["config.json"])["auto_map"] == {
+        "AutoModelForImageClassification": "modeling_ltap_sparse.LTAPSparseResNetForImageClassification"
+    }
+    pulled = _run(PIPELINE_WITHOUT_LTAP_HF, hub_server, tmp_path, "hf-pull-foreign", repo)
+    assert pulled.stdout.strip().endswith("LTAPSparseResNetForImageClassification classified")

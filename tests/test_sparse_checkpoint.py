@@ -270,10 +270,16 @@ def test_other_backbones_round_trip_with_load_sparse_pretrained(tmp_path):
             weight.masked_fill_(torch.rand_like(weight) > 0.3, 0.0)
     # a small shard size makes save_pretrained write shards, which the sparse writer merges into one file
     save_sparse_pretrained(model, tmp_path, max_shard_size="100KB")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", SPARSE_WEIGHTS_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json", "modeling_ltap_sparse.py", "sparse_loading.py", SPARSE_WEIGHTS_NAME, "sparse_safetensors.py"
+    ]
     loaded = load_sparse_pretrained(tmp_path)
-    assert isinstance(loaded, ResNetForImageClassification)
+    assert type(loaded) is ResNetForImageClassification
     _assert_bit_identical(model.state_dict(), loaded.state_dict())
-    # the stock loader finds no weights it knows and fails, instead of initialising them at random
+    # the remote code written beside the weights decodes them for the Auto class (and pipelines) ...
+    remote = AutoModelForImageClassification.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(remote).__name__ == "LTAPSparseResNetForImageClassification"
+    _assert_bit_identical(model.state_dict(), remote.state_dict())
+    # ... and without it the stock loader finds no weights it knows and fails, instead of initialising them at random
     with pytest.raises(OSError, match="model.safetensors"):
-        AutoModelForImageClassification.from_pretrained(tmp_path)
+        AutoModelForImageClassification.from_pretrained(tmp_path, trust_remote_code=False)

@@ -3,20 +3,62 @@
 The format itself is `ltap_hf.models.sparse_safetensors` (it travels with our models' remote code).
 Our `LTResNet*` models need none of this: their `save_pretrained` writes the sparse format for a
 pruned model and their `from_pretrained` reads it. For other backbones (transformers' ResNet, ConvNeXt,
-ViT ...), whose classes we do not own, `save_sparse_pretrained` and `load_sparse_pretrained` are the
-two calls.
+ViT ...), whose classes we do not own, `save_sparse_pretrained` writes beside the weights a few lines
+of remote code, a subclass of the model's class whose `from_pretrained` decodes them, and points the
+config's `auto_map` at it: `from_pretrained(..., trust_remote_code=True)` and `pipeline(...,
+trust_remote_code=True)` then load the folder or repo anywhere, without ltap_hf. With ltap_hf,
+`load_sparse_pretrained` loads it into the model's own class, no remote code run.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import torch
+import transformers
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ..models.modeling_lt_resnet import DOWNLOAD_KWARGS, from_pretrained_decoding_sparse
-from ..models.sparse_safetensors import save_sparse_folder
+from ..models import sparse_loading, sparse_safetensors
+from ..models.sparse_loading import DOWNLOAD_KWARGS, from_pretrained_decoding_sparse
+from ..models.sparse_safetensors import CONFIG_NAME, save_sparse_folder
+
+
+REMOTE_CODE_NAME = "modeling_ltap_sparse.py"
+
+_REMOTE_CODE = '''"""Written by ltap_hf: transformers' {base} reading this folder's sparse weights (sparse_model.safetensors)."""
+
+from transformers import {base}
+
+from .sparse_loading import from_pretrained_decoding_sparse
+
+
+class LTAPSparse{base}({base}):
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        return from_pretrained_decoding_sparse(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
+'''
+
+
+def _write_remote_code(model: PreTrainedModel, folder: str) -> None:
+    """For a transformers model whose class does not decode the format itself: the wrapper class, the two
+    modules it imports, and the config's `auto_map` entry that makes the Auto class (and `pipeline`) use it."""
+    base = type(model).__name__
+    if getattr(transformers, base, None) is not type(model):
+        return  # not a public transformers class: load_sparse_pretrained is the way in
+    auto_class = "AutoModelForImageClassification" if base.endswith("ForImageClassification") else "AutoModel"
+    with open(os.path.join(folder, REMOTE_CODE_NAME), "w", encoding="utf-8") as file:
+        file.write(_REMOTE_CODE.format(base=base))
+    for module in (sparse_loading, sparse_safetensors):
+        shutil.copy(module.__file__, folder)
+    config_path = os.path.join(folder, CONFIG_NAME)
+    with open(config_path, encoding="utf-8") as file:
+        config = json.load(file)
+    config["auto_map"] = {**config.get("auto_map", {}), auto_class: f"{REMOTE_CODE_NAME[:-3]}.LTAPSparse{base}"}
+    with open(config_path, "w", encoding="utf-8") as file:
+        file.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def save_sparse_pretrained(
@@ -29,8 +71,9 @@ def save_sparse_pretrained(
 
     Writes what `model.save_pretrained` writes (config, remote code), with the weights in
     `sparse_model.safetensors` instead of `model.safetensors` and the format recorded in
-    `config.json`; then the image processor's config, if given. The weights are written atomically:
-    a failure midway leaves an earlier checkpoint in `save_directory` loadable.
+    `config.json`; for a transformers class that cannot decode the format itself, the remote code that
+    does (see the module docstring); then the image processor's config, if given. The weights are
+    written atomically: a failure midway leaves an earlier checkpoint in `save_directory` loadable.
 
     Args:
         model: any `PreTrainedModel`; tensors with enough exact +0.0 entries are stored sparse.
@@ -43,7 +86,12 @@ def save_sparse_pretrained(
         raise ValueError("save_sparse_pretrained does not push; use ltap_hf.hub.push_pruned_to_hub(model, repo_id)")
     # The base implementation writes the dense folder that the sparse writer re-encodes; an override
     # (ours chooses sparse or dense by itself) must not run here.
-    save_sparse_folder(lambda folder: PreTrainedModel.save_pretrained(model, folder, **save_kwargs), save_directory)
+    def save_dense(folder: str) -> None:
+        PreTrainedModel.save_pretrained(model, folder, **save_kwargs)
+        if type(model).from_pretrained.__func__ is PreTrainedModel.from_pretrained.__func__:
+            _write_remote_code(model, folder)  # its class cannot decode the format itself
+
+    save_sparse_folder(save_dense, save_directory)
     if image_processor is not None:
         image_processor.save_pretrained(save_directory)
 
