@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .groups import ChannelGroup, _alive_count, kept_per_dim, parameter_density
+from .groups import ChannelGroup, parameter_density
 
 
 def _layer_floor(numel: int, min_layer_density: float) -> int:
@@ -119,34 +119,38 @@ def _restore_tensor_floors(
     parameters: Mapping[str, torch.Tensor],
     min_tensor_density: float,
 ) -> dict[str, torch.Tensor]:
-    """Gives back, one channel at a time, the best-scored channel this stage dropped from the groups of
-    the first tensor of `parameters` under its floor, until no tensor is (or none can be): masks still
-    only shrink against `previous`."""
+    """Tensor by tensor, in order, gives back channels this stage dropped until the tensor keeps its floor
+    (or none of its groups has a dropped channel left): each time the best-scored dropped channel of the
+    group that keeps the smallest fraction of the tensor's dim, which raises the tensor's count the most
+    per channel given back. Masks still only shrink against `previous`, and a tensor that meets its floor
+    keeps meeting it, since channels are only given back."""
     shapes = {n: p.shape for n, p in parameters.items()}
-    floors = {n: _layer_floor(math.prod(shape), min_tensor_density) for n, shape in shapes.items()}
-    groups_of = defaultdict(list)
+    masks = {name: mask.clone() for name, mask in selected.items()}
+    # tensor -> dim -> [(group, its slice's positions along that dim)], for the counted tensors' parameter slices
+    slices: dict[str, dict[int, list[tuple[str, torch.Tensor]]]] = defaultdict(lambda: defaultdict(list))
     for group in groups:
         for s in group.slices:
-            if s.tensor in shapes and s.is_parameter and group.name not in groups_of[s.tensor]:
-                groups_of[s.tensor].append(group.name)
-    masks = {name: mask.clone() for name, mask in selected.items()}
-    while True:
-        kept = kept_per_dim(groups, masks, shapes)
-        restorable = []
-        for tensor, shape in shapes.items():
-            if _alive_count(shape, kept.get(tensor, {})) >= floors[tensor]:
-                continue
-            restorable = [(name, (previous[name] & ~masks[name]).nonzero().squeeze(1)) for name in groups_of[tensor]]
-            restorable = [(name, dropped) for name, dropped in restorable if dropped.numel()]
-            if restorable:
+            if s.tensor in shapes and s.is_parameter:
+                slices[s.tensor][s.dim].append((group.name, torch.tensor(s.index)))
+
+    def kept_along(tensor: str, dim: int) -> int:
+        dead = sum(int((~masks[name].cpu()).sum()) for name, _ in slices[tensor][dim])
+        return shapes[tensor][dim] - dead
+
+    for tensor, dims in slices.items():
+        floor = _layer_floor(math.prod(shapes[tensor]), min_tensor_density)
+        while True:
+            kept = {dim: kept_along(tensor, dim) for dim in dims}
+            if math.prod(kept.get(d, size) for d, size in enumerate(shapes[tensor])) >= floor:
                 break
-        if not restorable:
-            return masks
-        _, name, channel = max(
-            (float(scores[name][dropped].float().max()), name, dropped[scores[name][dropped].float().argmax()])
-            for name, dropped in restorable
-        )
-        masks[name][channel] = True
+            candidates = [(kept[dim] / shapes[tensor][dim], name) for dim, members in dims.items() for name, _ in members
+                          if (previous[name] & ~masks[name]).any()]
+            if not candidates:
+                break
+            name = min(candidates)[1]
+            dropped = (previous[name] & ~masks[name]).nonzero().squeeze(1)
+            masks[name][dropped[scores[name][dropped].float().argmax()]] = True
+    return masks
 
 
 CHANNEL_ALLOCATIONS = ("global", "uniform")
