@@ -10,7 +10,9 @@ def test_criterion_indices_accepts_names_and_indices_in_given_order():
     assert criterion_indices(None) == [0, 1, 2, 3, 4]
     assert criterion_indices(["taylor2", "magnitude"]) == [4, 0]
     assert criterion_indices([3, 1]) == [3, 1]
-    for bad in (["taylor3"], [5], [], ["cosine", "cosine"], "cosine"):
+    # ltap-hf's class_taylor is registered after the paper's five, which stay the default.
+    assert criterion_indices(["class_taylor", "magnitude"]) == [5, 0] and criterion_indices([5]) == [5]
+    for bad in (["taylor3"], [6], [], ["cosine", "cosine"], "cosine"):
         with pytest.raises(ValueError):
             criterion_indices(bad)
 

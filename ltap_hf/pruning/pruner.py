@@ -14,13 +14,14 @@ no model class.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .criteria import combine_scores
+from .class_importance import combine_class_scores
+from .criteria import PROBE_CRITERIA, combine_rows
 from .groups import ChannelStructure
 from .masks import apply_masks
 from .selection import CHANNEL_ALLOCATIONS
@@ -127,8 +128,30 @@ class LTAPPruner:
         """Sets every pruned parameter back to exactly +0.0."""
         apply_masks(self.parameters, self.masks)
 
+    @property
+    def needs_probe(self) -> bool:
+        """Whether a criterion in use reads the class-balanced probe set ("class_taylor")."""
+        return any(name in PROBE_CRITERIA for name in self.vote.criteria)
+
+    def class_importance(self, class_gradients: Iterable[tuple[int, Mapping[str, torch.Tensor]]],
+                         class_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The class-conditional importance of every unit ("class_taylor", `class_importance.py`).
+
+        Args:
+            class_gradients: (class c, tensor name -> g_c) per class with probe images, g_c the gradient of
+                the mean probe loss of class c w.r.t. every tensor of `parameters`; consumed one at a time.
+            class_weights: λ, [C] (`class_importance_weights`).
+
+        Returns:
+            unit name -> float32 [*U], for `prune_stage(class_importance=...)`.
+        """
+        # Not under no_grad: the caller's generator may run the model's backward pass between two classes.
+        scores = ((c, self.units.class_scores({n: g.detach() for n, g in grads.items()})) for c, grads in class_gradients)
+        return combine_class_scores(scores, self.alive, class_weights)
+
     @torch.no_grad()
-    def prune_stage(self, class_accuracy: torch.Tensor, has_validation: torch.Tensor, target_density: float) -> StageResult:
+    def prune_stage(self, class_accuracy: torch.Tensor, has_validation: torch.Tensor, target_density: float,
+                    class_importance: Mapping[str, torch.Tensor] | None = None) -> StageResult:
         """One LTAP stage: vote on the criteria from per-class validation accuracy, then prune the
         lowest combined scores until `target_density` of the prunable parameters are alive.
 
@@ -136,10 +159,16 @@ class LTAPPruner:
             class_accuracy: float [C], per-class validation accuracy gathered over all processes.
             has_validation: bool [C], False for classes without validation images.
             target_density: density to reach (from the schedule).
+            class_importance: unit name -> [*U] from `class_importance`; needed only when "class_taylor"
+                is in use. Only the criteria in use are computed.
         """
+        if self.needs_probe and class_importance is None:
+            raise ValueError('"class_taylor" is in use: pass class_importance (LTAPPruner.class_importance on the '
+                             "probe set) to prune_stage")
         vote = self.vote.step(class_accuracy, has_validation)
-        criteria = self.units.criteria(self.accumulator.mean_grad(), self.accumulator.taylor2_mean())
-        scores = combine_scores(criteria, self.alive, vote.alpha, criteria=self.vote.criteria)
+        criteria = self.units.criteria(self.accumulator.mean_grad(), self.accumulator.taylor2_mean(),
+                                       self.vote.criteria, class_importance)
+        scores = combine_rows(criteria, self.alive, vote.alpha)
         self.set_masks(self.units.select(scores, self.alive, target_density, self.min_layer_density))
         self.accumulator.reset()
         return StageResult(vote=vote, target_density=target_density, density=self.density)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .class_importance import channel_class_taylor, weight_class_taylor
 from .criteria import group_criteria, weight_criteria
 from .groups import (
     ChannelStructure,
+    GroupSums,
     full_group_masks,
     group_density_report,
     group_parameters,
@@ -34,8 +36,14 @@ class WeightUnits:
     def accumulator(self) -> ScoreAccumulator:
         return ScoreAccumulator(self.parameters)
 
-    def criteria(self, grad_mean: dict, taylor2_mean: dict) -> dict[str, torch.Tensor]:
-        return {n: weight_criteria(w, grad_mean[n], taylor2_mean[n]) for n, w in self.parameters.items()}
+    def criteria(self, grad_mean: dict, taylor2_mean: dict, criteria=None, class_importance=None) -> dict[str, torch.Tensor]:
+        return {n: weight_criteria(w, grad_mean[n], taylor2_mean[n], criteria,
+                                   None if class_importance is None else class_importance[n])
+                for n, w in self.parameters.items()}
+
+    def class_scores(self, grads: dict) -> dict[str, torch.Tensor]:
+        """F_c = (w·g_c)² per weight, from one class's probe gradient."""
+        return weight_class_taylor(self.parameters, grads)
 
     def select(self, scores: dict, alive: dict, target_density: float, floor: float) -> dict[str, torch.Tensor]:
         return select_mask(scores, alive, target_density, floor)
@@ -63,6 +71,7 @@ class ChannelUnits:
         self.counted = prunable_parameters(model, prune_classifier=prune_classifier)
         self.round_to = round_to
         self.allocation = allocation
+        self._sums: GroupSums | None = None
 
     def full_masks(self) -> dict[str, torch.Tensor]:
         return full_group_masks(self.groups, device=next(iter(self.parameters.values())).device)
@@ -70,8 +79,14 @@ class ChannelUnits:
     def accumulator(self) -> ScoreAccumulator:
         return ScoreAccumulator(self.parameters, self.groups)
 
-    def criteria(self, grad_mean: dict, taylor2_mean: dict) -> dict[str, torch.Tensor]:
-        return group_criteria(self.groups, self.parameters, grad_mean, taylor2_mean)
+    def criteria(self, grad_mean: dict, taylor2_mean: dict, criteria=None, class_importance=None) -> dict[str, torch.Tensor]:
+        return group_criteria(self.groups, self.parameters, grad_mean, taylor2_mean, criteria, class_importance)
+
+    def class_scores(self, grads: dict) -> dict[str, torch.Tensor]:
+        """F_c = ⟨x, g_c⟩² per channel, from one class's probe gradient."""
+        if self._sums is None:
+            self._sums = GroupSums(self.groups, self.parameters)
+        return channel_class_taylor(self._sums, self.parameters, grads)
 
     def select(self, scores: dict, alive: dict, target_density: float, floor: float) -> dict[str, torch.Tensor]:
         return select_channel_groups(self.groups, scores, alive, target_density, self.counted, floor, self.round_to,

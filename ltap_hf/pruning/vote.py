@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .criteria import CRITERIA, criterion_indices
+from .criteria import criterion_names
 
 
 CLASS_WEIGHTINGS: tuple[str, ...] = ("inverse_frequency", "uniform")
@@ -63,7 +63,7 @@ class ClassVote:
     """D ∈ ℝ^{K×C} votes, class weights, α and the suppression draw of LTAP.
 
     Args:
-        criteria: the criteria in use (names from `CRITERIA`), K of them; α follows this order.
+        criteria: the criteria in use (names from `ALL_CRITERIA`), K of them; α follows this order.
         class_counts: training images per class, length C (all >= 1).
         weighting: "inverse_frequency" (w_c ∝ 1/n_c, tail classes weigh most) or "uniform".
         temperature: τ of both softmaxes, > 0.
@@ -80,7 +80,7 @@ class ClassVote:
         seed: int = 0,
         enabled: bool = True,
     ) -> None:
-        self.criteria: tuple[str, ...] = tuple(CRITERIA[i] for i in criterion_indices(criteria))
+        self.criteria: tuple[str, ...] = criterion_names(criteria)
         counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
         if counts.dim() != 1 or counts.numel() == 0:
             raise ValueError(f"class_counts must list at least one class, got {list(class_counts)}")
