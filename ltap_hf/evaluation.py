@@ -83,6 +83,24 @@ def predict_labels(
     draws from torch's, a transform may draw from any, and an evaluation inside a training run must not
     change what the run does next.
     """
+    return _predict(model, dataset, trainer, batch_size, data_collator, metric_key_prefix, keep_logits=False)
+
+
+def predict_logits(
+    model: nn.Module,
+    dataset,
+    *,
+    trainer=None,
+    batch_size: int = 256,
+    data_collator: Callable[[list[dict]], dict] = collate_fn,
+    metric_key_prefix: str = "test",
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Logits `[N, C]` (float32) and true class ids `[N]` of `model` on `dataset`, and the trainer's
+    metrics: `predict_labels` (same devices, modes and untouched RNGs) before the argmax."""
+    return _predict(model, dataset, trainer, batch_size, data_collator, metric_key_prefix, keep_logits=True)
+
+
+def _predict(model, dataset, trainer, batch_size, data_collator, metric_key_prefix, keep_logits: bool):
     was_training = model.training
     device = trainer.args.device if trainer is not None else next(model.parameters()).device
     python_state, numpy_state = random.getstate(), np.random.get_state()
@@ -94,8 +112,9 @@ def predict_labels(
                 output = trainer.predict(dataset, metric_key_prefix=metric_key_prefix)
                 logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
                 labels = output.label_ids[0] if isinstance(output.label_ids, tuple) else output.label_ids
-                return np.asarray(logits).argmax(-1), np.asarray(labels), output.metrics
-            return (*_predict_in_a_loop(model, dataset, device, batch_size, data_collator), {})
+                logits = np.asarray(logits)
+                return (logits.astype(np.float32) if keep_logits else logits.argmax(-1)), np.asarray(labels), output.metrics
+            return (*_predict_in_a_loop(model, dataset, device, batch_size, data_collator, keep_logits), {})
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
@@ -103,13 +122,13 @@ def predict_labels(
 
 
 @torch.no_grad()
-def _predict_in_a_loop(model, dataset, device, batch_size, data_collator) -> tuple[np.ndarray, np.ndarray]:
+def _predict_in_a_loop(model, dataset, device, batch_size, data_collator, keep_logits=False) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     predictions, references = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=data_collator):
         labels = batch.pop("labels")
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        predictions.append(logits.argmax(-1).cpu())
+        predictions.append(logits.float().cpu() if keep_logits else logits.argmax(-1).cpu())
         references.append(labels.cpu())
     return torch.cat(predictions).numpy(), torch.cat(references).numpy()
 
@@ -170,4 +189,5 @@ def evaluate_long_tail(
     }
 
 
-__all__ = ["evaluate_long_tail", "infer_input_size", "load_image_classifier", "predict_labels", "weight_density"]
+__all__ = ["evaluate_long_tail", "infer_input_size", "load_image_classifier", "predict_labels", "predict_logits",
+           "weight_density"]

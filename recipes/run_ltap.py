@@ -15,6 +15,9 @@ image classifier) is evaluated on the long-tailed test split with nothing traine
 same report and model card as a training run are written to `--output_dir` (`--do_eval` adds the
 validation split's `eval_*` metrics).
 
+`--calibrate` then fits a per-class logit bias on the validation split and folds it into the classifier head
+(`ltap_hf.calibration`); the test split is reported before and after.
+
 A training run refuses an `--output_dir` that holds another run, unless it resumes it
 (`--resume_from_checkpoint [PATH]`; without a path, the last checkpoint there) or replaces it
 (`--overwrite_output_dir`).
@@ -34,15 +37,16 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
-from transformers.utils import CONFIG_NAME, cached_file, logging
+from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, cached_file, logging
 
 from ltap_hf import LTResNetConfig, LTResNetForImageClassification, model_cost
+from ltap_hf.calibration import calibrate_classifier, find_classifier_head
 from ltap_hf.data import DATASET_STATS, LT_BUILDERS, EvalTransform, TrainTransform, collate_fn, load_lt_dataset, read_lt_metadata
 from ltap_hf.dense_reference import DenseReferenceCallback
 from ltap_hf.evaluation import evaluate_long_tail, load_image_classifier
-from ltap_hf.hub import SPARSE_WEIGHTS_NAME, PruningReport, render_model_card
+from ltap_hf.hub import SPARSE_WEIGHTS_NAME, PruningReport, render_model_card, save_sparse_pretrained
 from ltap_hf.hub.model_card import rank_worst_classes
-from ltap_hf.metrics import make_compute_metrics
+from ltap_hf.metrics import COMPUTE_METRICS_KEYS, make_compute_metrics
 from ltap_hf.models.image_processing import make_image_processor
 from ltap_hf.models.sparse_safetensors import read_sparse_record
 from ltap_hf.trainer import LTAPConfig, LTAPTrainer, end_distributed
@@ -78,6 +82,13 @@ class RunArguments:
         default=False,
         metadata={"help": "Replace the run already in output_dir: its checkpoint-* folders are deleted and its "
                           "model, card and results overwritten."},
+    )
+    calibrate: bool = field(
+        default=False,
+        metadata={"help": "After training (or in evaluation mode), fit a per-class logit bias on the validation "
+                          "split (logit adjustment tau*log prior, or a fitted bias; the better on validation) and "
+                          "fold it into the classifier head's bias; the test split is evaluated before and after. "
+                          "An evaluation then saves the calibrated model to output_dir."},
     )
 
 
@@ -261,6 +272,38 @@ def report(accuracy: dict, density: dict, cost, base_cost, class_names=None, cla
     return "\n".join(rows)
 
 
+def calibration_report(calibration: dict, after: dict) -> str:
+    """--calibrate: what was fitted on the validation split and applied, and the test split before and after."""
+    validation = calibration["validation_balanced_accuracy"]
+    candidates = calibration["candidates"]
+    lines = [f"post-hoc calibration, fitted on the validation split ({calibration['validation_images']} images); "
+             "validation balanced accuracy (mean per-class %):"]
+    for method, candidate in candidates.items():
+        name = f"logit adjustment (tau {candidate['tau']:g})" if "tau" in candidate else method.replace("_", " ")
+        lines.append(f"  {name}: {_percent(validation['before']).strip()} -> "
+                     f"{_percent(candidate['validation_balanced_accuracy']).strip()}")
+    tau = f", tau {calibration['tau']:g}" if calibration["tau"] is not None else ""
+    lines += [f"  applied: {calibration['method'].replace('_', ' ')}{tau}, folded into `{calibration['head']}` "
+              "(recorded as config.ltap_calibration)",
+              "", "| test | overall | many | medium | few | worst class | tail-3 |", "|---|---|---|---|---|---|---|"]
+    before = calibration["test_accuracy_before"]
+    lines += [f"| {name} | " + " | ".join(_percent(result[k]) for k in _GROUP_KEYS) + " |"
+              for name, result in (("before calibration", before), ("after calibration", after))]
+    lines.append("| change (points) | " + " | ".join(_points(before[k], after[k]) for k in _GROUP_KEYS) + " |")
+    return "\n".join(lines)
+
+
+def _calibrate(model, trainer, splits, class_counts, before: dict, training_args: LTAPConfig, input_size) -> tuple[dict, dict]:
+    """--calibrate: the logit bias fitted on the validation split and folded into `model`, then the test split
+    again. Returns the evaluation after (its metrics also hold the `test_uncalibrated_*` ones before) and the
+    calibration record with the test accuracy before."""
+    result = calibrate_classifier(model, splits["validation"], class_counts, trainer=trainer)
+    after = evaluate_long_tail(model, splits["test"], class_counts, trainer=trainer, input_size=input_size,
+                               prune_classifier=training_args.prune_classifier)
+    after["metrics"].update({f"test_uncalibrated_{key}": before["metrics"][f"test_{key}"] for key in COMPUTE_METRICS_KEYS})
+    return after, {**model.config.ltap_calibration, "test_accuracy_before": before["accuracy"]}
+
+
 def _hub_dataset_id(dataset_name: str) -> str | None:
     """The Hub id of the dataset the builder draws from (CIFAR: `uoft-cs/cifar10`), or None (digits-LT,
     ImageNet-LT and iNaturalist come from elsewhere): the card's `datasets:` metadata takes Hub ids only."""
@@ -318,6 +361,9 @@ def main(argv: list[str]) -> dict:
     class_names = dataset["train"].features["label"].names
     splits = {split: dataset[split].with_transform(EvalTransform(stats)) for split in ("validation", "test") if split in dataset}
     test = splits["test"]
+    if run_args.calibrate and "validation" not in splits:
+        raise ValueError(f"--calibrate fits on the validation split, and {data_args.dataset_name} has none here: "
+                         "give it validation images (--val_per_class N) or drop --calibrate")
     input_size = (stats.num_channels, stats.image_size, stats.image_size)
     card = dict(
         model_type=None,
@@ -348,6 +394,8 @@ def _check_evaluation_flags(model_args: ModelArguments, training_args: LTAPConfi
 def _train(model_args, data_args, training_args, run_args, dataset, splits, stats, input_size, card, resume) -> dict:
     class_counts, class_names, test = card["train_class_counts"], card["class_names"], splits["test"]
     model = build_model(model_args, stats.num_channels, class_names)
+    if run_args.calibrate:
+        find_classifier_head(model)  # a head the bias cannot be folded into is refused before training
     base_cost = model_cost(model, input_size)
     trainer = LTAPTrainer(model=model, args=training_args, train_dataset=dataset["train"].with_transform(TrainTransform(stats)),
                           eval_dataset=splits.get("validation"), class_counts=class_counts, data_collator=collate_fn,
@@ -363,6 +411,10 @@ def _train(model_args, data_args, training_args, run_args, dataset, splits, stat
     trained = trainer.accelerator.unwrap_model(trainer.model)
     evaluation = evaluate_long_tail(trained, test, class_counts, trainer=trainer, input_size=input_size,
                                     prune_classifier=training_args.prune_classifier)
+    calibration = None
+    if run_args.calibrate:
+        # Before slimming: the slimmed copy takes the head's bias and the config's record with it.
+        evaluation, calibration = _calibrate(trained, trainer, splits, class_counts, evaluation, training_args, input_size)
     test_metrics, accuracy, density = evaluation["metrics"], evaluation["accuracy"], evaluation["density"]
     trainer.log_metrics("test", test_metrics)
     trainer.save_metrics("test", test_metrics)
@@ -399,17 +451,21 @@ def _train(model_args, data_args, training_args, run_args, dataset, splits, stat
         dense_source=dense_source,
         # save_model writes the weight-pruned network in the sparse format, a slimmed one as an ordinary model
         checkpoint_format="sparse" if model is trained else "dense",
+        calibration=calibration,
     )
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card()
     if training_args.push_to_hub:
         trainer.push_to_hub()
     if trainer.is_world_process_zero():
-        print(report(accuracy, density, cost, base_cost, class_names, class_counts, dense))
+        print(report(accuracy, density, cost, base_cost, class_names, class_counts, dense,
+                     label="pruned, calibrated" if calibration else "pruned"))
+        if calibration:
+            print("\n" + calibration_report(calibration, accuracy))
     return {"mode": "train", "resumed_from": resume, "test": test_metrics, "accuracy": accuracy,
             "per_class_accuracy": accuracy["per_class_accuracy"], "dense_accuracy": dense,
             "class_counts": class_counts, "class_names": class_names, "density": density, "cost": cost,
-            "base_cost": base_cost}
+            "base_cost": base_cost, "calibration": calibration}
 
 
 def _evaluate(model_args, data_args, training_args, run_args, dataset, splits, stats, input_size, card, resume) -> dict:
@@ -430,6 +486,13 @@ def _evaluate(model_args, data_args, training_args, run_args, dataset, splits, s
         trainer.save_metrics("eval", validation_metrics)
     evaluation = evaluate_long_tail(model, test, class_counts, trainer=trainer, input_size=input_size,
                                     prune_classifier=training_args.prune_classifier)
+    calibration, location = None, _model_location(source)
+    checkpoint_format = "sparse" if _is_sparse_checkpoint(source) else "dense"
+    if run_args.calibrate:
+        evaluation, calibration = _calibrate(model, trainer, splits, class_counts, evaluation, training_args, input_size)
+        if trainer.is_world_process_zero():
+            _save_calibrated(model, source, training_args.output_dir, sparse=checkpoint_format == "sparse")
+        location = str(Path(training_args.output_dir).resolve())
     test_metrics, accuracy, density, cost = (evaluation[k] for k in ("metrics", "accuracy", "density", "cost"))
     trainer.log_metrics("test", test_metrics)
     trainer.save_metrics("test", test_metrics)
@@ -451,15 +514,31 @@ def _evaluate(model_args, data_args, training_args, run_args, dataset, splits, s
             dense_accuracy=dense,
             dense_source=dense_source,
             trained_with_ltap=False,
-            checkpoint_format="sparse" if _is_sparse_checkpoint(source) else "dense",
-            model_location=training_args.hub_model_id or _model_location(source),
+            checkpoint_format=checkpoint_format,
+            model_location=training_args.hub_model_id or location,
+            calibration=calibration,
         )
         render_model_card(card_report, training_args.output_dir)
-        print(report(accuracy, density, cost, base_cost, class_names, class_counts, dense, label="model"))
+        print(report(accuracy, density, cost, base_cost, class_names, class_counts, dense,
+                     label="model, calibrated" if calibration else "model"))
+        if calibration:
+            print("\n" + calibration_report(calibration, accuracy))
     return {"mode": "evaluate", "resumed_from": None, "test": test_metrics, "accuracy": accuracy,
             "per_class_accuracy": accuracy["per_class_accuracy"], "dense_accuracy": dense,
             "class_counts": class_counts, "class_names": class_names, "density": density, "cost": cost,
-            "base_cost": base_cost}
+            "base_cost": base_cost, "calibration": calibration}
+
+
+def _save_calibrated(model, source: str, output_dir: str, sparse: bool) -> None:
+    """An evaluation with --calibrate changed the model: it is saved to output_dir in the format it came in,
+    with the image processor it came with (if any), so that the card's snippet and `pipeline` load it."""
+    if sparse:
+        save_sparse_pretrained(model, output_dir)
+    else:
+        model.save_pretrained(output_dir)
+    processor = cached_file(source, IMAGE_PROCESSOR_NAME, _raise_exceptions_for_missing_entries=False)
+    if processor is not None:
+        shutil.copyfile(processor, Path(output_dir) / IMAGE_PROCESSOR_NAME)
 
 
 if __name__ == "__main__":

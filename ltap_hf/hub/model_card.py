@@ -68,6 +68,10 @@ class PruningReport:
         model_location: the Hub repo or folder the usage snippet loads from; `render_model_card`'s
             `repo_id` takes precedence, and without either the output folder is used.
         max_table_classes: the card's per-class table lists every class up to this many classes.
+        calibration: for a model calibrated post hoc (`ltap_hf.calibration`), its record
+            (`model.config.ltap_calibration`: method, tau, bias, validation balanced accuracy before and
+            after ...) with `"test_accuracy_before"`, the `long_tail_accuracy` before calibration;
+            `pruned_accuracy` is then the calibrated model's.
     """
 
     model_name: str
@@ -92,6 +96,7 @@ class PruningReport:
     checkpoint_format: str = "sparse"
     model_location: str | None = None
     max_table_classes: int = 200
+    calibration: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint_format not in ("sparse", "dense"):
@@ -103,6 +108,14 @@ class PruningReport:
             raise ValueError(
                 f"train_class_counts has {len(self.train_class_counts)} entries but class_names names {num_classes} classes"
             )
+        if self.calibration is not None:
+            missing = {"method", "tau", "bias", "validation_balanced_accuracy", "test_accuracy_before"} - set(self.calibration)
+            if missing:
+                raise ValueError(f"calibration lacks {sorted(missing)}: pass model.config.ltap_calibration with "
+                                 "'test_accuracy_before' (the long_tail_accuracy before calibration)")
+            if len(self.calibration["bias"]) != num_classes:
+                raise ValueError(f"calibration['bias'] has {len(self.calibration['bias'])} entries but class_names "
+                                 f"names {num_classes} classes")
         for field in ("pruned_accuracy", "dense_accuracy"):
             accuracy = getattr(self, field)
             if accuracy is not None and len(accuracy["per_class_accuracy"]) != num_classes:
@@ -171,6 +184,36 @@ def _eval_results(report: PruningReport) -> list[EvalResult]:
         for label, key, config in _GROUPS
         if not math.isnan(accuracy[key])
     ]
+
+
+def _calibration_section(report: PruningReport) -> dict | None:
+    """What the card's calibration section shows: method, tau or the vector's range, validation balanced
+    accuracy and test accuracy per group, before and after."""
+    record = report.calibration
+    if record is None:
+        return None
+    bias = record["bias"]
+    low, high = min(range(len(bias)), key=bias.__getitem__), max(range(len(bias)), key=bias.__getitem__)
+    validation = record["validation_balanced_accuracy"]
+    before = record["test_accuracy_before"]
+    candidates = [
+        (f"logit adjustment, τ = {candidate['tau']:g}" if "tau" in candidate else method.replace("_", " "),
+         _percent(candidate["validation_balanced_accuracy"]))
+        for method, candidate in record.get("candidates", {}).items()
+    ]
+    return {
+        "method": record["method"],
+        "tau": None if record["tau"] is None else f"{record['tau']:g}",
+        "head": record.get("head", "the classifier head's bias"),
+        "lowest": f"{bias[low]:+.3f} ({report.class_names[low]})",
+        "highest": f"{bias[high]:+.3f} ({report.class_names[high]})",
+        "validation_images": record.get("validation_images"),
+        "validation_before": _percent(validation["before"]),
+        "validation_after": _percent(validation["after"]),
+        "candidates": candidates,
+        "rows": [{"group": label, "before": _percent(before[key]), "after": _percent(report.pruned_accuracy[key]),
+                  "change": _change(before[key], report.pruned_accuracy[key])} for label, key, _ in _GROUPS],
+    }
 
 
 def _setting(value: Any) -> str:
@@ -276,6 +319,7 @@ def render_model_card(
         loading_code=_loading_code(report, location),
         sparse_checkpoint=report.checkpoint_format == "sparse",
         model_column="Pruned" if report.trained_with_ltap else "Model",
+        calibration=_calibration_section(report),
     )
     card.save(output_dir / "README.md")
     return card, plots
