@@ -37,7 +37,8 @@ from .backbones import backbone_for
 from .hub import render_model_card, save_sparse_pretrained
 from .losses import LOSS_NAMES, build_loss
 from .metrics import long_tail_accuracy, make_compute_metrics
-from .pruning.criteria import CRITERIA, criterion_indices
+from .pruning.class_importance import CLASS_IMPORTANCE_WEIGHTINGS, class_importance_weights
+from .pruning.criteria import ALL_CRITERIA, CRITERIA, PROBE_CRITERIA, criterion_indices
 from .pruning.pruner import GRANULARITIES, LTAPPruner
 from .pruning.schedule import cubic_density_at, stage_steps
 from .pruning.selection import CHANNEL_ALLOCATIONS
@@ -56,7 +57,7 @@ STATE_FORMAT_VERSION = 1
 BRANCH_SETTINGS = frozenset({
     "granularity", "target_density", "prune_schedule_unit", "prune_start", "prune_end", "prune_interval", "criteria",
     "vote", "vote_temperature", "vote_class_weighting", "min_layer_density", "prune_classifier", "channel_round_to",
-    "channel_allocation", "save_branch_point", "branch_from",
+    "channel_allocation", "save_branch_point", "branch_from", "class_importance_weighting", "probe_per_class",
 })
 
 
@@ -82,7 +83,19 @@ class LTAPConfig(TrainingArguments):
     prune_end: float = field(default=0.8, metadata=_help("Last pruning stage (density = target_density)."))
     prune_interval: float = field(default=1.0, metadata=_help("Epochs between pruning stages (0.5: twice per epoch)."))
     criteria: list[str] = field(
-        default_factory=lambda: list(CRITERIA), metadata=_help(f"Criteria in use, a subset of {', '.join(CRITERIA)}.")
+        default_factory=lambda: list(CRITERIA),
+        metadata=_help(f"Criteria in use, a subset of {', '.join(ALL_CRITERIA)}; the default is the paper's five. "
+                       "class_taylor is ltap-hf's class-conditional criterion (not the paper's): it needs a probe_dataset."),
+    )
+    class_importance_weighting: str = field(
+        default="uniform",
+        metadata=_help(f"class_taylor only: class weights of the class-conditional importance: "
+                       f"{', '.join(CLASS_IMPORTANCE_WEIGHTINGS)} (worst_class: the validation error at each stage)."),
+    )
+    probe_per_class: int = field(
+        default=16,
+        metadata=_help("class_taylor only: training images per class in the class-balanced probe set "
+                       "(recipes/run_ltap.py draws it; a class with fewer gives what it has)."),
     )
     vote: bool = field(default=True, metadata=_help("Class-aware vote; False keeps every alpha at 1/K."))
     vote_temperature: float = field(default=0.5, metadata=_help("Temperature of the vote's softmaxes ('pau' in the paper)."))
@@ -162,6 +175,11 @@ class LTAPConfig(TrainingArguments):
             criterion_indices(self.criteria)
         except ValueError as error:
             raise ValueError(f"criteria: {error}") from None
+        if self.class_importance_weighting not in CLASS_IMPORTANCE_WEIGHTINGS:
+            raise ValueError(f"class_importance_weighting must be one of {CLASS_IMPORTANCE_WEIGHTINGS}, got "
+                             f"{self.class_importance_weighting!r}")
+        if self.probe_per_class < 1:
+            raise ValueError(f"probe_per_class must be >= 1, got {self.probe_per_class}")
         if not self.vote_temperature > 0:
             raise ValueError(f"vote_temperature must be > 0, got {self.vote_temperature}")
         if self.vote_class_weighting not in CLASS_WEIGHTINGS:
@@ -185,6 +203,11 @@ class LTAPConfig(TrainingArguments):
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = False
 
+    @property
+    def needs_probe(self) -> bool:
+        """Whether a criterion in use (class_taylor) reads a class-balanced probe set at every stage."""
+        return any(name in PROBE_CRITERIA for name in self.criteria)
+
     def schedule_in_steps(self, max_steps: int, steps_per_epoch: int) -> tuple[list[int], int]:
         """Optimizer steps of the pruning stages, and the steps between two stages."""
         to_steps = (lambda x: x * max_steps) if self.prune_schedule_unit == "fraction" else (lambda x: x * steps_per_epoch)
@@ -203,14 +226,39 @@ class LTAPConfig(TrainingArguments):
         return {name: getattr(self, name) for name in names if name != "remove_unused_columns"}
 
 
-def _class_counts(dataset, num_classes: int) -> list[int]:
-    """Training images per class, read from the dataset's `label` (or `labels`) column."""
+def _labels(dataset, what: str) -> np.ndarray:
+    """The dataset's `label` (or `labels`) column as an integer array."""
     column_names = getattr(dataset, "column_names", None) or []
     column = next((c for c in ("label", "labels") if c in column_names), None)
     if column is None:
-        raise ValueError("class_counts was not given and the train dataset has no 'label'/'labels' column to count")
-    labels = np.asarray(dataset.with_format(None)[column])
+        raise ValueError(f"the {what} has no 'label'/'labels' column to read the classes from")
+    return np.asarray(dataset.with_format(None)[column], dtype=np.int64)
+
+
+def _class_counts(dataset, num_classes: int) -> list[int]:
+    """Training images per class, read from the dataset's `label` (or `labels`) column."""
+    try:
+        labels = _labels(dataset, "train dataset")
+    except ValueError:
+        raise ValueError("class_counts was not given and the train dataset has no 'label'/'labels' column to count") from None
     return np.bincount(labels, minlength=num_classes).tolist()
+
+
+def class_balanced_probe(dataset, per_class: int, seed: int):
+    """The probe set of class_taylor: up to `per_class` images of every class of `dataset` (the training
+    split, which holds no validation or test image), drawn without replacement by a generator seeded with
+    `seed`; a class with fewer images gives all it has. Ordered by class, then by draw.
+
+    Returns `dataset.select(indices)` (a `datasets.Dataset` keeps its transform)."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    labels = _labels(dataset, "probe source")
+    rng = np.random.default_rng(seed)
+    indices = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        indices.extend(rng.permutation(members)[:per_class].tolist())
+    return dataset.select(indices)
 
 
 class _LTAPCallback(TrainerCallback):
@@ -246,13 +294,17 @@ class LTAPTrainer(Trainer):
         train_dataset, eval_dataset: as for `Trainer`; batches must hold `pixel_values` and `labels`.
         vote_dataset: the split whose per-class accuracy drives the vote (the validation split, never
             the test split). Defaults to `eval_dataset`.
+        probe_dataset: the class-balanced probe set of "class_taylor" (ltap-hf's class-conditional criterion),
+            drawn from the training split with the eval transform (`class_balanced_probe`); required when
+            `args.criteria` names class_taylor, never read otherwise.
         class_counts: training images per class; read from the train dataset's label column if None.
         compute_metrics: defaults to the long-tail metrics (overall, many/medium/few, worst class, tail-3).
         **kwargs: the other `Trainer` arguments.
     """
 
     def __init__(self, model=None, args: LTAPConfig | None = None, train_dataset=None, eval_dataset=None,
-                 vote_dataset=None, class_counts: Sequence[int] | None = None, compute_metrics=None, **kwargs):
+                 vote_dataset=None, class_counts: Sequence[int] | None = None, compute_metrics=None,
+                 probe_dataset=None, **kwargs):
         if not isinstance(args, LTAPConfig):
             raise ValueError(f"LTAPTrainer needs an LTAPConfig as args, got {type(args).__name__}")
         if vote_dataset is None and eval_dataset is None:
@@ -270,6 +322,7 @@ class LTAPTrainer(Trainer):
             raise ValueError("LTAPTrainer needs unsharded parameters and gradients: use DDP (multi_gpu), not FSDP or DeepSpeed")
         self.class_counts = class_counts
         self.vote_dataset = vote_dataset if vote_dataset is not None else eval_dataset
+        self.probe_dataset = probe_dataset
         # Our losses are means over the micro-batch: Trainer must divide them for gradient accumulation.
         self.loss_is_scaled_for_ga = False
         self.pruner: LTAPPruner | None = None
@@ -277,6 +330,7 @@ class LTAPTrainer(Trainer):
         self._accumulate_from = 0
         self._steps_per_epoch: int | None = None
         self._vote_dataloader = None
+        self._probe_dataloaders: dict[int, torch.utils.data.DataLoader] | None = None
         self._loss_fn = None
         self._resumed_state: tuple[dict, dict] | None = None
         self._branching = False
@@ -288,6 +342,12 @@ class LTAPTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`; with `args.branch_from` and no checkpoint to resume, starts at that branch point."""
+        if self.args.needs_probe and self.probe_dataset is None:
+            raise ValueError(
+                f"criteria {self.args.criteria} name class_taylor, which scores units on a class-balanced probe set: "
+                "pass probe_dataset=class_balanced_probe(train_split, args.probe_per_class, seed) (with the eval "
+                "transform) to LTAPTrainer, or drop class_taylor"
+            )
         self._branching = resume_from_checkpoint is None and self.args.branch_from is not None
         if self._branching:
             resume_from_checkpoint = self.args.branch_from
@@ -347,6 +407,8 @@ class LTAPTrainer(Trainer):
         # Its own key: with persistent workers Trainer caches eval loaders by key, and "eval" is the eval split's.
         self._vote_dataloader = self._get_dataloader(self.vote_dataset, "LTAP vote", args.eval_batch_size,
                                                      self._get_eval_sampler, dataloader_key="ltap_vote")
+        if args.needs_probe:  # the paper's criteria never build (nor read) a probe set
+            self._probe_dataloaders = self._build_probe_dataloaders()
         self._accumulate_from = self.stage_steps[0] - interval
         if args.save_branch_point and self._accumulate_from < 1:
             raise ValueError(
@@ -425,18 +487,78 @@ class LTAPTrainer(Trainer):
         was_training = model.training
         model.eval()
         predictions, references = [], []
+        # Gathered while the vote's loader is the one being iterated: `gather_for_metrics` trims the padding
+        # of the last batch by the loader Accelerate sees as active, which after the loop is the training one.
         with _forked_rng():
-            batches = list(self._vote_dataloader)
-        for batch in batches:
-            batch = self._prepare_inputs(batch)
-            labels = batch.pop("labels")
-            with self.autocast_smart_context_manager():
-                logits = model(**batch).logits
-            gathered = self.accelerator.gather_for_metrics((logits.argmax(-1), labels))
-            predictions.append(gathered[0].cpu())
-            references.append(gathered[1].cpu())
+            for batch in self._vote_dataloader:
+                batch = self._prepare_inputs(batch)
+                labels = batch.pop("labels")
+                with self.autocast_smart_context_manager():
+                    logits = model(**batch).logits
+                gathered = self.accelerator.gather_for_metrics((logits.argmax(-1), labels))
+                predictions.append(gathered[0].cpu())
+                references.append(gathered[1].cpu())
         model.train(was_training)
         return long_tail_accuracy(torch.cat(predictions).numpy(), torch.cat(references).numpy(), self.class_counts)
+
+    def _build_probe_dataloaders(self) -> dict[int, torch.utils.data.DataLoader]:
+        """class -> a plain, unsharded loader over that class's probe images, in the probe set's order: every
+        process computes the same gradients from the same images (no sampler shards or shuffles them)."""
+        labels = _labels(self.probe_dataset, "probe_dataset")
+        loaders = {}
+        for c in range(len(self.class_counts)):
+            indices = np.flatnonzero(labels == c).tolist()
+            if indices:
+                loaders[c] = torch.utils.data.DataLoader(
+                    torch.utils.data.Subset(self.probe_dataset, indices), batch_size=self.args.eval_batch_size,
+                    shuffle=False, collate_fn=self.data_collator, num_workers=0)
+        if not loaders:
+            raise ValueError("probe_dataset holds no image of any class: class_taylor has nothing to measure")
+        return loaders
+
+    def _probe_class_gradients(self):
+        """Yields (c, tensor name -> g_c) per class with probe images: g_c, float32, the gradient of the mean
+        cross-entropy over class c's probe images w.r.t. the pruner's tensors. `torch.autograd.grad` on the
+        unwrapped model: no `.grad` of training is touched, no optimizer step, no DDP communication. The
+        caller puts the model in eval mode (BatchNorm statistics untouched) and forks the RNGs."""
+        model = self.accelerator.unwrap_model(self.model)
+        names, tensors = list(self.pruner.parameters), list(self.pruner.parameters.values())
+        for c, loader in self._probe_dataloaders.items():
+            count = len(loader.dataset)
+            total = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in tensors]
+            for batch in loader:
+                batch = self._prepare_inputs(batch)
+                labels = batch.pop("labels")
+                with torch.enable_grad(), self.autocast_smart_context_manager():
+                    logits = model(**batch).logits
+                    loss = F.cross_entropy(logits.float(), labels, reduction="sum") / count
+                    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+                for buffer, grad in zip(total, grads):
+                    if grad is not None:
+                        buffer.add_(grad)
+            yield c, dict(zip(names, total))
+
+    def _class_importance(self, per_class: torch.Tensor, has_validation: torch.Tensor) -> dict[str, torch.Tensor]:
+        """class_taylor's per-unit importance on the probe set at this stage (README, "ltap-hf's
+        class-conditional criterion"). Nothing of it is saved: it is recomputed from the model at every
+        stage, so a resumed run recomputes exactly what the uninterrupted one did."""
+        has_probe = torch.zeros(len(self.class_counts), dtype=torch.bool)
+        has_probe[list(self._probe_dataloaders)] = True
+        weights = class_importance_weights(self.args.class_importance_weighting, self.class_counts, per_class,
+                                           has_validation, has_probe)
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            with _forked_rng():  # a loader iterator draws its base seed from the global RNG
+                importance = self.pruner.class_importance(self._probe_class_gradients(), weights)
+        finally:
+            model.train(was_training)
+        if self.accelerator.num_processes > 1:
+            # Every process computed it from the same weights and images; the main process's copy is made
+            # authoritative, as for the masks, so no floating-point accident can split the ranking.
+            importance = broadcast({n: t.contiguous() for n, t in importance.items()}, from_process=0)
+        return importance
 
     def _pruning_stage(self) -> None:
         stage = self.pruner.vote.stage
@@ -446,7 +568,9 @@ class LTAPTrainer(Trainer):
         first, last = self.stage_steps[0], self.stage_steps[-1]
         progress = (self.state.global_step - first) / (last - first) if last > first else 1.0
         target = cubic_density_at(progress, self.args.target_density)
-        result = self.pruner.prune_stage(per_class.nan_to_num(0.0), has_validation, target)
+        # Just before scoring, from the model as it is now; only when class_taylor is in use.
+        importance = self._class_importance(per_class, has_validation) if self.pruner.needs_probe else None
+        result = self.pruner.prune_stage(per_class.nan_to_num(0.0), has_validation, target, class_importance=importance)
         if self.accelerator.num_processes > 1:
             # Every process computed the same masks from the same all-reduced gradients; the main
             # process's copy is made authoritative so no floating-point accident can split them.
@@ -659,7 +783,7 @@ def _atomic_write(path: str, write) -> None:
             os.remove(temporary)
 
 
-__all__ = ["LTAPConfig", "LTAPTrainer", "load_pruning_state"]
+__all__ = ["LTAPConfig", "LTAPTrainer", "class_balanced_probe", "load_pruning_state"]
 
 
 def end_distributed() -> None:

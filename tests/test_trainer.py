@@ -7,7 +7,15 @@ from transformers import ResNetConfig, ResNetForImageClassification, TrainerCall
 
 from ltap_hf import LTResNetConfig, LTResNetForImageClassification, model_cost
 from ltap_hf.pruning.schedule import cubic_density, cubic_density_at
-from ltap_hf.trainer import STATE_CONFIG_NAME, STATE_WEIGHTS_NAME, LTAPConfig, LTAPTrainer, load_pruning_state
+from ltap_hf.pruning.criteria import CRITERIA
+from ltap_hf.trainer import (
+    STATE_CONFIG_NAME,
+    STATE_WEIGHTS_NAME,
+    LTAPConfig,
+    LTAPTrainer,
+    class_balanced_probe,
+    load_pruning_state,
+)
 
 from toy_data import TOY_COUNTS, augmented_toy_splits, toy_splits
 
@@ -26,10 +34,13 @@ def _model(seed: int = 0) -> LTResNetForImageClassification:
     return LTResNetForImageClassification(LTResNetConfig.from_preset("resnet20", num_labels=len(TOY_COUNTS)))
 
 
-def _trainer(output_dir, model=None, splits=toy_splits, vote_dataset=None, **kwargs) -> LTAPTrainer:
+def _trainer(output_dir, model=None, splits=toy_splits, vote_dataset=None, probe: bool = False, **kwargs) -> LTAPTrainer:
     train, validation = splits()
+    # The probe set of class_taylor: 4 training images per class, without augmentation.
+    probe_dataset = class_balanced_probe(toy_splits()[0], 4, seed=0) if probe else None
     return LTAPTrainer(model=model or _model(), args=_args(output_dir, **kwargs), train_dataset=train,
-                       eval_dataset=validation, vote_dataset=vote_dataset, class_counts=TOY_COUNTS)
+                       eval_dataset=validation, vote_dataset=vote_dataset, class_counts=TOY_COUNTS,
+                       probe_dataset=probe_dataset)
 
 
 class RecordStageInputs(TrainerCallback):
@@ -58,9 +69,16 @@ def _stage_logs(trainer: LTAPTrainer) -> list[dict]:
     return [log for log in trainer.state.log_history if "ltap/density" in log]
 
 
-def test_density_follows_the_cubic_schedule_and_pruned_weights_stay_zero(tmp_path):
+def test_density_follows_the_cubic_schedule_and_pruned_weights_stay_zero(tmp_path, monkeypatch):
+    def no_probe(self):
+        raise AssertionError("the paper's criteria must never build a probe set")
+
+    monkeypatch.setattr(LTAPTrainer, "_build_probe_dataloaders", no_probe)
+    monkeypatch.setattr(LTAPTrainer, "_probe_class_gradients", no_probe)
     trainer = _trainer(tmp_path)
+    assert trainer.args.criteria == list(CRITERIA)  # the paper's five are the default
     trainer.train()
+    assert trainer._probe_dataloaders is None and trainer.pruner.vote.criteria == CRITERIA
     stages = _stage_logs(trainer)
     # 48 optimizer steps: stages from step round(0.3*48)=14 to round(0.8*48)=38, one epoch (8 steps) apart.
     assert [log["step"] for log in stages] == [14, 22, 30, 38]
@@ -257,6 +275,8 @@ def test_resume_from_a_checkpoint_without_pruning_state_is_a_clear_error(tmp_pat
         (dict(loss="focal"), "loss"),
         (dict(channel_round_to=8), "channel_round_to"),
         (dict(granularity="channel", channel_allocation="layer"), "channel_allocation"),
+        (dict(criteria=["class_taylor"], class_importance_weighting="counts"), "class_importance_weighting"),
+        (dict(criteria=["class_taylor"], probe_per_class=0), "probe_per_class"),
         (dict(channel_allocation="uniform"), "channel_allocation"),
     ],
 )
@@ -419,6 +439,22 @@ def test_the_vote_reads_the_vote_split_and_moves_alpha_with_the_classes_that_imp
     assert torch.equal(weighted[active].argsort(stable=True), alpha[active].argsort(stable=True))
 
 
+def test_a_stage_at_the_end_of_an_epoch_votes_on_every_validation_image(tmp_path):
+    # 120 training images in batches of 16 leave a last batch of 8; stages on epoch ends (steps 16, 24, 32)
+    # must still read all 24 validation images (one batch), of all four classes, not a remainder's worth.
+    trainer = _trainer(tmp_path, prune_schedule_unit="epoch", prune_start=2, prune_end=4, per_device_eval_batch_size=24)
+    seen = []
+
+    class RecordValidation(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in trainer.stage_steps:
+                seen.append(trainer.pruner.vote.previous_has_validation.tolist())
+
+    trainer.add_callback(RecordValidation())
+    trainer.train()
+    assert trainer.stage_steps == [16, 24, 32] and seen == [[True] * 4] * 3
+
+
 def test_stage_targets_follow_the_step_based_schedule_with_a_shorter_last_interval(tmp_path):
     trainer = _trainer(tmp_path, prune_end=0.75)
     trainer.train()
@@ -456,3 +492,108 @@ def test_every_accumulation_window_spans_one_interval(tmp_path):
     trainer.add_callback(RecordWindows())
     trainer.train()
     assert windows == [8, 8, 8, 8]
+
+
+def test_class_balanced_probe_draws_up_to_per_class_images_per_class_seeded():
+    train = toy_splits()[0]
+    probe = class_balanced_probe(train, 10, seed=0)
+    labels = probe[:]["labels"].tolist()
+    # TOY_COUNTS = 64, 32, 16, 8: the last class gives the 8 it has. Ordered by class.
+    assert labels == [0] * 10 + [1] * 10 + [2] * 10 + [3] * 8
+    pixels = probe[:]["pixel_values"]
+    assert torch.equal(class_balanced_probe(train, 10, seed=0)[:]["pixel_values"], pixels)
+    assert not torch.equal(class_balanced_probe(train, 10, seed=1)[:]["pixel_values"], pixels)
+
+
+def test_class_taylor_without_a_probe_dataset_is_refused_at_train_start(tmp_path):
+    trainer = _trainer(tmp_path, criteria=["magnitude", "class_taylor"])
+    with pytest.raises(ValueError, match="class_taylor.*probe_dataset"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+class RecordProbe(TrainerCallback):
+    """Counts the probe's per-class gradients and checks that they leave training's `.grad` alone."""
+
+    def __init__(self, trainer: LTAPTrainer):
+        self.trainer, self.classes = trainer, []
+        original = trainer._probe_class_gradients
+
+        def recording():
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            assert not model.training  # eval mode: BatchNorm statistics untouched
+            grads_before = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+            buffers_before = [b.clone() for b in model.buffers()]
+            for c, grads in original():
+                self.classes.append(c)
+                yield c, grads
+            assert all(a is None and p.grad is None or torch.equal(a, p.grad) for a, p in zip(grads_before, model.parameters()))
+            assert all(torch.equal(a, b) for a, b in zip(buffers_before, model.buffers()))
+
+        trainer._probe_class_gradients = recording
+
+
+@pytest.mark.parametrize(
+    "granularity, criteria, weighting",
+    [("weight", ["class_taylor"], "uniform"), ("channel", ["class_taylor"], "inverse_frequency"),
+     ("weight", [*CRITERIA, "class_taylor"], "worst_class"), ("channel", [*CRITERIA, "class_taylor"], "uniform")],
+)
+def test_class_taylor_run_alone_and_in_the_vote_reaches_the_density_target(tmp_path, granularity, criteria, weighting):
+    trainer = _trainer(tmp_path, probe=True, granularity=granularity, criteria=criteria,
+                       class_importance_weighting=weighting)
+    probe = RecordProbe(trainer)
+    trainer.train()
+    stages = _stage_logs(trainer)
+    assert [log["step"] for log in stages] == [14, 22, 30, 38]
+    # One gradient per class and stage, every class of the probe set.
+    assert probe.classes == [0, 1, 2, 3] * 4
+    # The vote's D has one row per criterion in use, α one entry each.
+    assert trainer.pruner.vote.votes.shape == (len(criteria), len(TOY_COUNTS))
+    assert sum(stages[-1][f"ltap/alpha/{c}"] for c in criteria) == pytest.approx(1.0)
+    if granularity == "weight":
+        assert stages[-1]["ltap/density"] == pytest.approx(0.3, abs=1e-4)
+    else:
+        assert 0.27 <= stages[-1]["ltap/density"] <= 0.30
+    for name, weight in trainer.pruner.parameters.items():
+        pruned = weight[~trainer.pruner.masks[name]]
+        assert torch.equal(pruned, torch.zeros_like(pruned))
+
+
+def test_class_taylor_alone_prunes_the_units_of_lowest_class_importance(tmp_path):
+    # One criterion, no vote, no floor: at each stage every weight kept outranks every weight pruned by the
+    # class importance recomputed at that stage.
+    trainer = _trainer(tmp_path, probe=True, vote=False, criteria=["class_taylor"], min_layer_density=0.0)
+    margins = []
+
+    def wrap(pruner):
+        stage = pruner.prune_stage
+
+        def checked(class_accuracy, has_validation, target, class_importance=None):
+            before = {n: m.clone() for n, m in pruner.alive.items()}
+            result = stage(class_accuracy, has_validation, target, class_importance=class_importance)
+            if result.vote.stage > 0:
+                kept = torch.cat([class_importance[n][pruner.alive[n]] for n in before])
+                pruned = torch.cat([class_importance[n][before[n] & ~pruner.alive[n]] for n in before])
+                margins.append(float(kept.min() - pruned.max()))
+            return result
+
+        pruner.prune_stage = checked
+
+    begin = trainer._begin_pruning
+    trainer._begin_pruning = lambda: (begin(), wrap(trainer.pruner))
+    trainer.train()
+    assert len(margins) == 3 and all(m >= 0 for m in margins)
+
+
+def test_resume_mid_epoch_with_class_taylor_ends_like_the_uninterrupted_run(tmp_path):
+    arm = dict(splits=augmented_toy_splits, probe=True, criteria=[*CRITERIA, "class_taylor"],
+               class_importance_weighting="worst_class")
+    full = _trainer(tmp_path / "full", save_strategy="steps", save_steps=18, **arm)
+    full.train()
+    resumed = _trainer(tmp_path / "resumed", model=_model(seed=123), **arm)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-18"))
+    _assert_same_run(full, resumed)
+    # The log history resumes with the checkpoint's (stage 0 at step 14); the stages after it log the same α.
+    assert [log["ltap/alpha/class_taylor"] for log in _stage_logs(resumed)] == [
+        log["ltap/alpha/class_taylor"] for log in _stage_logs(full)]
+    assert len(_stage_logs(full)) == 4
