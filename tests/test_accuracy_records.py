@@ -223,10 +223,6 @@ def test_regime_options_reach_the_run_and_name_its_results(tmp_path):
     assert (row["loss"], row["imbalance_ratio"], row["val_per_class"]) == ("ce", 20.0, 5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "LTAPTrainer._validation_accuracy gathers the vote's predictions after its loader is exhausted, so "
-    "gather_for_metrics cuts them to the training loader's remainder at a stage on an epoch's last step "
-    "(here 446 mod 64 = 62 of the 100 validation images: classes 7-9 unseen). Remove this mark once fixed."))
 def test_every_stage_votes_on_every_validation_class(grid):
     accuracy_by_stage = _record(grid["records"], "ltap", DENSITY)["arrays"]["stage_validation_accuracy"]
     assert not np.isnan(accuracy_by_stage).any()
