@@ -49,7 +49,7 @@ from ltap_hf.hub.model_card import rank_worst_classes
 from ltap_hf.metrics import COMPUTE_METRICS_KEYS, make_compute_metrics
 from ltap_hf.models.image_processing import make_image_processor
 from ltap_hf.models.sparse_safetensors import read_sparse_record
-from ltap_hf.trainer import LTAPConfig, LTAPTrainer, end_distributed
+from ltap_hf.trainer import LTAPConfig, LTAPTrainer, class_balanced_probe, end_distributed
 
 
 logger = logging.get_logger("run_ltap")
@@ -397,8 +397,13 @@ def _train(model_args, data_args, training_args, run_args, dataset, splits, stat
     if run_args.calibrate:
         find_classifier_head(model)  # a head the bias cannot be folded into is refused before training
     base_cost = model_cost(model, input_size)
+    probe = None
+    if training_args.needs_probe:  # ltap-hf's class_taylor (not the paper's): a class-balanced probe set of training images
+        probe = class_balanced_probe(dataset["train"], training_args.probe_per_class, training_args.seed)
+        probe = probe.with_transform(EvalTransform(stats))
     trainer = LTAPTrainer(model=model, args=training_args, train_dataset=dataset["train"].with_transform(TrainTransform(stats)),
                           eval_dataset=splits.get("validation"), class_counts=class_counts, data_collator=collate_fn,
+                          probe_dataset=probe,
                           processing_class=make_image_processor(stats.image_size, stats.mean, stats.std))
     reference = None
     if run_args.dense_reference is None:
