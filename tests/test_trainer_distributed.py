@@ -26,13 +26,14 @@ def _run(command: list[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "granularity, per_device_batch_size, gradient_accumulation_steps", [("weight", 8, 1), ("channel", 4, 2)]
+    "granularity, per_device_batch_size, gradient_accumulation_steps, class_taylor",
+    [("weight", 8, 1, False), ("channel", 4, 2, False), ("channel", 8, 1, True)],
 )
 def test_two_processes_hold_identical_scores_votes_masks_and_alpha_at_every_stage(
-    tmp_path, granularity, per_device_batch_size, gradient_accumulation_steps
+    tmp_path, granularity, per_device_batch_size, gradient_accumulation_steps, class_taylor
 ):
     script = str(TESTS / "ddp_ltap_script.py")
-    options = [granularity, str(gradient_accumulation_steps)]
+    options = [granularity, str(gradient_accumulation_steps)] + (["class_taylor"] if class_taylor else [])
     _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
           "--main_process_port", str(_free_port()), script, str(tmp_path / "ddp"), str(per_device_batch_size), *options],
@@ -48,7 +49,11 @@ def test_two_processes_hold_identical_scores_votes_masks_and_alpha_at_every_stag
     # What is never broadcast agrees bit for bit: the statistics accumulated from the all-reduced gradients
     # (before any mask broadcast), the vote counts D and α; and so do the masks.
     assert len(rank0["scores_sha256"]) == 4 and rank0["scores_sha256"] == rank1["scores_sha256"]
+    # class_taylor (the six criteria vote): the class importance every stage ranks is the same on both ranks.
+    assert len(rank0["class_importance_sha256"]) == (4 if class_taylor else 0)
+    assert rank0["class_importance_sha256"] == rank1["class_importance_sha256"]
     for stage0, stage1 in zip(rank0["stages"], rank1["stages"]):
+        assert len(stage0["alpha"]) == (6 if class_taylor else 5)
         assert stage0["votes"] == stage1["votes"] and stage0["alpha"] == stage1["alpha"]
         assert stage0["masks_sha256"] == stage1["masks_sha256"]
     # Weights: the density is the schedule's, to one weight. Channels: whole channels, at or just under it.
