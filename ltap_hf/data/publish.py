@@ -125,6 +125,11 @@ def _source(metadata: dict[str, Any]) -> str:
     return f"`{source}`"
 
 
+def _load_snippet(repo_id: str, config_name: str) -> list[str]:
+    """The card's lines that load one config with `datasets` alone."""
+    return ["```python", "from datasets import load_dataset", "", f'ds = load_dataset("{repo_id}", "{config_name}")', "```"]
+
+
 def _config_section(
     repo_id: str, config_name: str, data_dir: str, metadata: dict[str, Any], split: datasets.Dataset
 ) -> str:
@@ -135,11 +140,7 @@ def _config_section(
         f"<!-- ltap-hf config {config_name} -->",
         f"## Config `{config_name}`",
         "",
-        "```python",
-        "from datasets import load_dataset",
-        "",
-        f'ds = load_dataset("{repo_id}", "{config_name}")',
-        "```",
+        *_load_snippet(repo_id, config_name),
         "",
         "| | |",
         "|---|---|",
@@ -206,11 +207,7 @@ def render_card_text(
         "`test` the one to report. Load a config with `datasets` alone (configs: "
         + ", ".join(f"`{name}`" for name in sorted(sections)) + "):",
         "",
-        "```python",
-        "from datasets import load_dataset",
-        "",
-        f'ds = load_dataset("{repo_id}", "{config_name}")',
-        "```",
+        *_load_snippet(repo_id, config_name),
         "",
         "Published with ltap-hf (`ltap_hf.data.push_lt_dataset`); `ltap_hf.data.load_lt_dataset` rebuilds "
         "the same rows from the source (same fingerprint).",
