@@ -1,5 +1,7 @@
 """Torch-only image transforms and the Trainer collator."""
 
+import dataclasses
+
 import datasets
 import numpy as np
 import PIL.Image
@@ -14,6 +16,7 @@ from ltap_hf.data.transforms import (
     random_horizontal_flip,
     random_resized_crop,
     resize_center_crop,
+    resize_then_center_crop,
     stack_images,
 )
 
@@ -136,6 +139,29 @@ def test_random_resized_crop_and_eval_resize():
     assert batch["pixel_values"].shape == (2, 3, 224, 224)
 
 
+def test_resize_then_center_crop_resizes_the_shorter_side_and_crops_at_integer_offsets():
+    rng = np.random.default_rng(0)
+    image = PIL.Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))  # 30 wide, 20 high
+    # shorter side 20 -> 10, longer 30 -> int(10 * 30 / 20) = 15; the 8 x 8 centre starts at row 1, column 3
+    expected = image.resize((15, 10), PIL.Image.BICUBIC).crop((3, 1, 11, 9))
+    out = resize_then_center_crop(image, 10, 8, PIL.Image.BICUBIC)
+    assert out.size == (8, 8) and np.array_equal(np.asarray(out), np.asarray(expected))
+    # (height, width): exactly that size, then the centre (row 0, column 2)
+    exact = resize_then_center_crop(image, (12, 16), 12)
+    assert np.array_equal(np.asarray(exact), np.asarray(image.resize((16, 12), PIL.Image.BILINEAR).crop((2, 0, 14, 12))))
+    assert np.array_equal(np.asarray(resize_then_center_crop(image.crop((0, 0, 8, 8)), (8, 8), 8)), np.asarray(image)[:8, :8])
+
+
+def test_eval_transform_with_resize_size_upsamples_stored_images():
+    dataset = image_dataset(mode="L")
+    stats = dataclasses.replace(DATASET_STATS["digits_lt"], image_size=32, resize_size=(32, 32), crop_padding=4)
+    batch = dataset.with_transform(EvalTransform(stats))[:12]["pixel_values"]
+    upsampled = [image.convert("RGB").resize((32, 32), PIL.Image.BILINEAR) for image in dataset[:12]["image"]]
+    torch.testing.assert_close(batch, normalize(stack_images(upsampled, 3), stats.mean, stats.std))
+    torch.manual_seed(0)
+    assert dataset.with_transform(TrainTransform(stats))[:12]["pixel_values"].shape == (12, 3, 32, 32)
+
+
 def test_every_builder_has_stats_and_bad_names_fail():
     assert set(DATASET_STATS) == set(LT_BUILDERS)
     assert DATASET_STATS["digits_lt"].num_channels == 3 and DATASET_STATS["cifar10_lt"].num_channels == 3
@@ -145,3 +171,7 @@ def test_every_builder_has_stats_and_bad_names_fail():
         TrainTransform.from_dataset("cifar10_lt", image_column="img")({"image": [], "label": []})
     with pytest.raises(ValueError, match="crop_padding must be >= 0"):
         DatasetStats((0.5,), (0.5,), image_size=8, crop_padding=-1)
+    with pytest.raises(ValueError, match="resize_size must be .* none smaller than image_size=8"):
+        DatasetStats((0.5,), (0.5,), image_size=8, resize_size=(8, 6))
+    with pytest.raises(ValueError, match="image_size must be >= 1"):
+        DatasetStats((0.5,), (0.5,), image_size=0)

@@ -20,7 +20,7 @@ from .loading import LT_BUILDERS, export_parquet, load_lt_dataset, load_lt_datas
 from .lt_builder import LongTailedConfig
 from .metadata import read_lt_metadata
 from .official_splits import OfficialSplitConfig
-from .transforms import DATASET_STATS, DatasetStats, EvalTransform, TrainTransform, collate_fn
+from .transforms import DATASET_STATS, DatasetStats, EvalTransform, TrainTransform, collate_fn, model_input_stats
 
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "load_lt_dataset_builder",
     "long_tailed_counts",
     "make_long_tailed",
+    "model_input_stats",
     "push_lt_dataset",
     "read_lt_metadata",
     "select_balanced_indices",

@@ -11,6 +11,12 @@ A transform receives a whole batch of decoded images (`datasets` fetches a batch
 ``__getitems__`` call) and works on it as one ``uint8`` tensor: crop offsets, flips and
 normalisation are vectorised over the batch. Random draws use torch's global generator, so
 Trainer's RNG checkpoints (and DataLoader worker seeding) make resumed runs reproducible.
+
+A pretrained backbone brings its own input geometry and normalisation in its image processor;
+`model_input_stats` turns a dataset's `DatasetStats` into those of the model's input::
+
+    stats = model_input_stats(DATASET_STATS["cifar10_lt"], AutoImageProcessor.from_pretrained(name))
+    train = ds["train"].with_transform(TrainTransform(stats))   # processor's size and mean/std
 """
 
 from __future__ import annotations
@@ -39,7 +45,14 @@ class DatasetStats:
         horizontal_flip: flip training images left-right with probability 0.5.
         resized_crop: ImageNet-style geometry: random resized crop (scale 0.08-1, aspect 3/4-4/3)
             for training; resize of the shorter side to ``image_size / 0.875`` and centre crop
-            for evaluation. When ``False``, images are used at their stored size.
+            for evaluation. When ``False`` (and no ``resize_size``), images are used at their
+            stored size.
+        resize_size: a model's input geometry, as its image processor resizes: every image is
+            resized (an int: its shorter side to that, the aspect kept, as a processor's
+            ``{"shortest_edge": n}``; ``(height, width)``: to exactly that) and centre-cropped to
+            ``image_size``. Evaluation does just that; training does it before the random crop and
+            flip (with ``resized_crop``, training takes its random resized crop instead).
+        resample: the PIL filter of the resizes (an image processor's ``resample``).
     """
 
     mean: tuple[float, ...]
@@ -48,6 +61,8 @@ class DatasetStats:
     crop_padding: int = 4
     horizontal_flip: bool = True
     resized_crop: bool = False
+    resize_size: int | tuple[int, int] | None = None
+    resample: int = int(PIL.Image.Resampling.BILINEAR)
 
     def __post_init__(self) -> None:
         if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
@@ -56,6 +71,15 @@ class DatasetStats:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        if self.resize_size is not None:
+            sides = (self.resize_size,) if isinstance(self.resize_size, int) else tuple(self.resize_size)
+            if len(sides) not in (1, 2) or min(sides) < self.image_size:
+                raise ValueError(
+                    f"resize_size must be an int or (height, width), none smaller than image_size={self.image_size} "
+                    f"(the centre crop), got {self.resize_size}"
+                )
 
     @property
     def num_channels(self) -> int:
@@ -132,6 +156,7 @@ def random_resized_crop(
     size: int,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    resample: int = PIL.Image.BILINEAR,
 ) -> PIL.Image.Image:
     """A random region of `scale` of the area and `ratio` aspect, resized to ``size x size``
     (10 tries, then the largest centred region within `ratio`)."""
@@ -155,7 +180,7 @@ def random_resized_crop(
         else:
             crop_w, crop_h = round(height * aspect), height
         top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    return image.resize((size, size), PIL.Image.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+    return image.resize((size, size), resample, box=(left, top, left + crop_w, top + crop_h))
 
 
 def resize_center_crop(
@@ -167,6 +192,39 @@ def resize_center_crop(
     side = min(width, height) * crop_fraction
     left, top = (width - side) / 2, (height - side) / 2
     return image.resize((size, size), PIL.Image.BILINEAR, box=(left, top, left + side, top + side))
+
+
+def resize_then_center_crop(
+    image: PIL.Image.Image, resize_size: int | tuple[int, int], crop_size: int, resample: int = PIL.Image.BILINEAR
+) -> PIL.Image.Image:
+    """An image processor's geometry, pixel for pixel: resize, then the centred ``crop_size x crop_size``.
+
+    `resize_size` as an int resizes the shorter side to it and the longer one to
+    ``int(resize_size * long / short)`` (transformers' ``get_resize_output_image_size``); as
+    ``(height, width)`` to exactly that. The crop starts at ``((H - crop) // 2, (W - crop) // 2)``,
+    as transformers' ``center_crop``; a resize already at ``crop_size`` needs no crop.
+    """
+    width, height = image.size
+    if isinstance(resize_size, int):
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(resize_size * long / short)
+        new_height, new_width = (new_long, resize_size) if width <= height else (resize_size, new_long)
+    else:
+        new_height, new_width = resize_size
+    if (new_width, new_height) != image.size:
+        image = image.resize((new_width, new_height), resample)
+    if (new_width, new_height) != (crop_size, crop_size):
+        top, left = (new_height - crop_size) // 2, (new_width - crop_size) // 2
+        image = image.crop((left, top, left + crop_size, top + crop_size))
+    return image
+
+
+def _as_pil(image: Any, num_channels: int) -> PIL.Image.Image:
+    # Resized in the mode the model sees (as a pipeline converts to RGB first); "P" images would
+    # otherwise be resized as palette indices.
+    mode = "L" if num_channels == 1 else "RGB"
+    image = image if isinstance(image, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(image))
+    return image if image.mode == mode else image.convert(mode)
 
 
 class ImageTransform:
@@ -192,9 +250,15 @@ class ImageTransform:
 
     def _geometry(self, images: list[Any]) -> torch.Tensor:
         stats = self.stats
-        if stats.resized_crop:
-            resize = random_resized_crop if self.train else resize_center_crop
-            images = [resize(image, stats.image_size) for image in images]
+        if stats.resized_crop and self.train:
+            images = [random_resized_crop(image, stats.image_size, resample=stats.resample) for image in images]
+        elif stats.resize_size is not None:
+            images = [
+                resize_then_center_crop(_as_pil(image, stats.num_channels), stats.resize_size, stats.image_size, stats.resample)
+                for image in images
+            ]
+        elif stats.resized_crop:
+            images = [resize_center_crop(image, stats.image_size) for image in images]
         batch = stack_images(images, stats.num_channels)
         if self.train:
             batch = random_crop_with_padding(batch, stats.crop_padding)
@@ -215,14 +279,175 @@ class ImageTransform:
 
 
 class TrainTransform(ImageTransform):
-    """Training transform: random crop with zero padding (or random resized crop), horizontal
-    flip, normalisation."""
+    """Training transform: random crop with zero padding (after the resize and centre crop of
+    ``resize_size``, if set; or random resized crop), horizontal flip, normalisation."""
 
     train = True
 
 
 class EvalTransform(ImageTransform):
-    """Evaluation transform: normalisation (after resize and centre crop for ImageNet-style data)."""
+    """Evaluation transform: normalisation (after the resize and centre crop of ``resize_size``, or
+    ImageNet-style data's)."""
+
+
+# Processors whose `resize` is transformers' generic one (size, then the optional centre crop). Others
+# resize in their own way and are read only where this module knows that way (ConvNeXt's crop_pct).
+_GENERIC_RESIZE_MODULES = ("transformers.image_processing_backends", "transformers.image_processing_utils",
+                           "transformers.image_processing_utils_fast")
+_CONVNEXT_WARP_FROM = 384  # ConvNextImageProcessor: from this shortest_edge on, it warps instead of crop_pct
+
+
+def _size_field(size: Any, key: str) -> int | None:
+    # A processor's `size` is a SizeDict (transformers 5) or a plain dict (older saved configs).
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+def _resample_filter(resample: Any) -> int:
+    if resample is None:
+        return int(PIL.Image.Resampling.BILINEAR)
+    name = getattr(resample, "name", None)  # PIL's Resampling, or torchvision's InterpolationMode
+    if name is not None and name.upper() in PIL.Image.Resampling.__members__:
+        return int(PIL.Image.Resampling[name.upper()])
+    return int(resample)
+
+
+def image_processor_geometry(image_processor: Any) -> tuple[int | tuple[int, int], int, int] | None:
+    """``(resize_size, crop_size, resample)`` of an image processor's geometry (see `DatasetStats`), or
+    None for a processor that does not resize (``do_resize=False``).
+
+    Reads transformers' conventions: ``size={"height", "width"}`` (ViT, Swin, DeiT's resize),
+    ``size={"shortest_edge"}`` with ConvNeXt's ``crop_pct`` (ConvNeXt, ResNet: below 384 the shorter
+    side goes to ``int(shortest_edge / crop_pct)`` and the centre is cropped, from 384 on the image is
+    warped to a square), or with ``do_center_crop`` and ``crop_size`` (CLIP, BiT, DeiT).
+
+    Raises:
+        ValueError: for a geometry these transforms cannot reproduce (non-square input, a resize of the
+            processor's own, padding, channel flipping, an aspect-keeping resize without a crop); the
+            message says to pass an explicit size.
+    """
+    name = type(image_processor).__name__
+    if getattr(image_processor, "do_flip_channel_order", False) or getattr(image_processor, "do_pad", False):
+        raise ValueError(f"{name} flips channels or pads images, which these transforms do not reproduce")
+    center_crop = bool(getattr(image_processor, "do_center_crop", False))
+    if not getattr(image_processor, "do_resize", True):
+        if center_crop:
+            raise ValueError(f"{name} centre-crops without resizing, which these transforms do not reproduce")
+        return None
+    size = getattr(image_processor, "size", None) or {}
+    height, width, shortest = (_size_field(size, key) for key in ("height", "width", "shortest_edge"))
+    others = [key for key in ("longest_edge", "max_height", "max_width") if _size_field(size, key)]
+    # The class whose `resize` runs (None: not a transformers processor, read by its attributes alone).
+    resize_owner = next((cls for cls in type(image_processor).__mro__ if "resize" in vars(cls)), None)
+    convnext = resize_owner is not None and resize_owner.__name__.startswith("ConvNextImageProcessor")
+    if resize_owner is not None and not convnext and resize_owner.__module__ not in _GENERIC_RESIZE_MODULES:
+        raise ValueError(f"{name} resizes in its own way ({resize_owner.__name__}.resize), which these transforms do "
+                         "not reproduce")
+    if others:
+        raise ValueError(f"{name} resizes to size={dict(size)}, which these transforms do not reproduce")
+    if height and width:
+        resize_size, output = (height, width), (height, width)
+    elif shortest and convnext:
+        if shortest < _CONVNEXT_WARP_FROM:
+            resize_size, output = int(shortest / image_processor.crop_pct), (shortest, shortest)
+        else:
+            resize_size, output = (shortest, shortest), (shortest, shortest)
+    elif shortest:
+        resize_size, output = shortest, None  # the aspect kept: only a centre crop makes it square
+    else:
+        raise ValueError(f"{name} has no size to resize to (size={size})")
+    if center_crop:
+        crop = getattr(image_processor, "crop_size", None) or {}
+        output = (_size_field(crop, "height"), _size_field(crop, "width"))
+        if convnext and isinstance(resize_size, int):
+            raise ValueError(f"{name} crops twice (crop_pct, then crop_size), which these transforms do not reproduce")
+    if output is None or output[0] != output[1] or not output[0]:
+        raise ValueError(f"{name} does not give square inputs (size={dict(size)}, centre crop: "
+                         f"{getattr(image_processor, 'crop_size', None) if center_crop else 'none'})")
+    sides = (resize_size,) if isinstance(resize_size, int) else resize_size
+    if min(sides) < output[0]:
+        raise ValueError(f"{name} crops {output[0]} pixels from a smaller resize ({resize_size}): it would pad")
+    return resize_size, output[0], _resample_filter(getattr(image_processor, "resample", None))
+
+
+def image_processor_normalization(image_processor: Any, num_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` for `normalize` (which divides by 255) that give what the processor gives:
+    ``(x * rescale_factor - image_mean) / image_std`` (no rescale: factor 1; no normalisation: mean 0,
+    std 1), one value per channel."""
+    name = type(image_processor).__name__
+    factor = float(image_processor.rescale_factor) if getattr(image_processor, "do_rescale", True) else 1.0
+    if getattr(image_processor, "do_normalize", True):
+        mean, std = image_processor.image_mean, image_processor.image_std
+    else:
+        mean, std = 0.0, 1.0
+    values = []
+    for value in (mean, std):
+        value = [float(value)] * num_channels if isinstance(value, (int, float)) else [float(v) for v in value]
+        if len(value) != num_channels:
+            raise ValueError(f"{name} normalises {len(value)} channels; the dataset's images have {num_channels}")
+        values.append(value)
+    # normalize() computes (x / 255 - m) / s: with m = mean / (255 * factor), s = std / (255 * factor)
+    # that is (x * factor - mean) / std. The usual factor 1/255 is kept exact.
+    scale = 255.0 * factor
+    scale = 1.0 if math.isclose(scale, 1.0, rel_tol=1e-9) else scale
+    return tuple(m / scale for m in values[0]), tuple(s / scale for s in values[1])
+
+
+def model_input_stats(
+    dataset_stats: DatasetStats,
+    image_processor: Any | None = None,
+    image_size: int | None = None,
+    use_dataset_normalization: bool = False,
+) -> DatasetStats:
+    """The `DatasetStats` of a model's input: the dataset's augmentation, at the size and with the
+    normalisation of the model's image processor unless overridden.
+
+    - No processor, no override: `dataset_stats` itself (the dataset's size and statistics).
+    - A processor: its geometry (`image_processor_geometry`) for evaluation, and for training the same
+      resize and centre crop followed by the dataset's random crop, its zero padding scaled with the
+      image (digits' 1 pixel at 8 pixels becomes 4 at 32), and flip; an ImageNet-style dataset
+      (``resized_crop``) keeps its random resized crop, now to the processor's size. Its mean and std.
+    - `image_size`: inputs of ``image_size x image_size``; the processor's geometry scaled to it (a
+      ConvNeXt's 256-then-224 at 160: 182-then-160), or without a processor the stored images resized
+      to it (an ImageNet-style dataset: its own resize and crop at that size).
+    - `use_dataset_normalization`: the dataset's mean and std instead of the processor's.
+
+    Args:
+        dataset_stats: the dataset's (`DATASET_STATS[name]`), for its stored size and augmentation.
+        image_processor: a transformers image processor (or anything with its attributes), or None.
+    """
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    mean, std = dataset_stats.mean, dataset_stats.std
+    geometry = None
+    if image_processor is not None:
+        if not use_dataset_normalization:
+            mean, std = image_processor_normalization(image_processor, dataset_stats.num_channels)
+        try:
+            geometry = image_processor_geometry(image_processor)
+        except ValueError as error:
+            if image_size is None:
+                raise ValueError(f"{error}: pass an explicit input size (image_size) to use its normalisation "
+                                 "with the dataset's geometry") from error
+    if geometry is None and image_size is None:
+        return dataclasses.replace(dataset_stats, mean=tuple(mean), std=tuple(std))
+    if geometry is None:
+        if dataset_stats.resized_crop:
+            return dataclasses.replace(dataset_stats, mean=tuple(mean), std=tuple(std), image_size=image_size)
+        geometry = ((image_size, image_size), image_size, dataset_stats.resample)
+    resize_size, crop_size, resample = geometry
+    if image_size is not None and image_size != crop_size:
+        scale = image_size / crop_size
+        resize_size = (max(image_size, round(resize_size * scale)) if isinstance(resize_size, int)
+                       else tuple(max(image_size, round(side * scale)) for side in resize_size))
+        crop_size = image_size
+    # The dataset's shift, in its own pixels, is as strong at the new scale.
+    shorter_side = resize_size if isinstance(resize_size, int) else min(resize_size)
+    crop_padding = dataset_stats.crop_padding
+    if not dataset_stats.resized_crop:
+        crop_padding = round(crop_padding * shorter_side / dataset_stats.image_size)
+    return dataclasses.replace(dataset_stats, mean=tuple(mean), std=tuple(std), image_size=crop_size,
+                               resize_size=resize_size, resample=resample, crop_padding=crop_padding)
 
 
 def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
