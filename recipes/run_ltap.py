@@ -18,6 +18,11 @@ validation split's `eval_*` metrics).
 `--calibrate` then fits a per-class logit bias on the validation split and folds it into the classifier head
 (`ltap_hf.calibration`); the test split is reported before and after.
 
+A backbone of `--model_name_or_path` with an image processor (a Hub ViT, ConvNeXt, ResNet ...) trains and is
+evaluated at that processor's size and with its normalisation, and the output folder carries the processor;
+the dataset's own augmentation is kept, scaled to that size. `--image_size N` and `--use_dataset_normalization`
+override it; without a processor (our ResNets) the dataset's size and statistics are used, as they always were.
+
 A training run refuses an `--output_dir` that holds another run, unless it resumes it
 (`--resume_from_checkpoint [PATH]`; without a path, the last checkpoint there) or replaces it
 (`--overwrite_output_dir`).
@@ -41,13 +46,23 @@ from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, cached_file, l
 
 from ltap_hf import LTResNetConfig, LTResNetForImageClassification, model_cost
 from ltap_hf.calibration import calibrate_classifier, find_classifier_head
-from ltap_hf.data import DATASET_STATS, LT_BUILDERS, EvalTransform, TrainTransform, collate_fn, load_lt_dataset, read_lt_metadata
+from ltap_hf.data import (
+    DATASET_STATS,
+    LT_BUILDERS,
+    DatasetStats,
+    EvalTransform,
+    TrainTransform,
+    collate_fn,
+    load_lt_dataset,
+    model_input_stats,
+    read_lt_metadata,
+)
 from ltap_hf.dense_reference import DenseReferenceCallback
 from ltap_hf.evaluation import evaluate_long_tail, load_image_classifier
 from ltap_hf.hub import SPARSE_WEIGHTS_NAME, PruningReport, render_model_card, save_sparse_pretrained
 from ltap_hf.hub.model_card import rank_worst_classes
 from ltap_hf.metrics import COMPUTE_METRICS_KEYS, make_compute_metrics
-from ltap_hf.models.image_processing import make_image_processor
+from ltap_hf.models.image_processing import image_processor_for_stats, load_image_processor
 from ltap_hf.models.sparse_safetensors import read_sparse_record
 from ltap_hf.trainer import LTAPConfig, LTAPTrainer, class_balanced_probe, end_distributed
 
@@ -108,6 +123,19 @@ class DataArguments:
         default=None,
         metadata={"help": "A class with too few left-out images: 'from_train' (default: the rest from its own "
                           "training images) or 'leave_short' (Cao et al.'s exact training set; it gets what there is)."},
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Train and evaluate on image_size x image_size inputs. Default: the size of the image "
+                          "processor saved with --model_name_or_path (a pretrained ViT's 224), else the dataset's "
+                          "(CIFAR 32, digits 8). With a processor, its resize and centre crop are scaled to this size; "
+                          "the output folder then carries a processor built for it."},
+    )
+    use_dataset_normalization: bool = field(
+        default=False,
+        metadata={"help": "Normalise with the dataset's mean and std instead of those of the model's image processor "
+                          "(without a processor the dataset's are used anyway); the output folder then carries a "
+                          "processor built with them."},
     )
 
 
@@ -227,7 +255,7 @@ _GROUP_KEYS = ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy", "
 
 
 def report(accuracy: dict, density: dict, cost, base_cost, class_names=None, class_counts=None,
-           dense: dict | None = None, label: str = "pruned") -> str:
+           dense: dict | None = None, label: str = "pruned", input_size=None) -> str:
     """The closing report: test accuracy by group and per class (beside the dense network's, when known),
     the worst-hit classes, density measured from the weights, parameters and MACs.
 
@@ -235,6 +263,7 @@ def report(accuracy: dict, density: dict, cost, base_cost, class_names=None, cla
         accuracy, dense: `long_tail_accuracy` of the model and of the dense network (or None).
         class_names, class_counts: the classes' names and training images, for the per-class rows.
         label: the model's row name ("pruned" after training, "model" for an evaluation).
+        input_size: (channels, height, width) the MACs were counted for, named in their line.
     """
     models = [("dense", dense), (label, accuracy)] if dense is not None else [(label, accuracy)]
     rows = ["| model | overall | many | medium | few | worst class | tail-3 |", "|---|---|---|---|---|---|---|"]
@@ -267,7 +296,8 @@ def report(accuracy: dict, density: dict, cost, base_cost, class_names=None, cla
         "",
         f"density of prunable weights: {density['prunable_density']:.4f}   of all parameters: {density['overall_density']:.4f}",
         f"parameters: {cost.parameters_nonzero:,} nonzero of {cost.parameters:,} (dense model: {base_cost.parameters:,})",
-        f"MACs per image: {cost.macs_nonzero:,} nonzero of {cost.macs:,} (dense model: {base_cost.macs:,})",
+        f"MACs per image{f' ({input_size[1]}x{input_size[2]} input)' if input_size else ''}: {cost.macs_nonzero:,} "
+        f"nonzero of {cost.macs:,} (dense model: {base_cost.macs:,})",
     ]
     return "\n".join(rows)
 
@@ -345,6 +375,37 @@ def _load_data(data_args: DataArguments):
     return dataset, metadata, stats
 
 
+def model_input(model_args: ModelArguments, data_args: DataArguments, dataset_stats: DatasetStats):
+    """The transform settings of the model's input and the image processor the output folder carries.
+
+    The image processor of `--model_name_or_path`, if it has one, sets the size and normalisation; then
+    the run saves that processor as it is. `--image_size` / `--use_dataset_normalization` override it, and
+    the run saves a processor built from the result. Without a processor: the dataset's settings.
+    """
+    own = load_image_processor(model_args.model_name_or_path) if model_args.model_name_or_path else None
+    overridden = data_args.image_size is not None or data_args.use_dataset_normalization
+    try:
+        stats = model_input_stats(dataset_stats, own, image_size=data_args.image_size,
+                                  use_dataset_normalization=data_args.use_dataset_normalization)
+    except ValueError as error:
+        raise ValueError(f"the image processor of {model_args.model_name_or_path}: {error}; on the command line: --image_size N") from error
+    if own is not None and not overridden:
+        return stats, own
+    return stats, image_processor_for_stats(stats)
+
+
+def _dense_cost(model, input_size):
+    """`model_cost` of the model before training: its first forward pass, where a model that cannot take
+    inputs of this size says so."""
+    try:
+        return model_cost(model, input_size)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(
+            f"{type(model).__name__} does not take {'x'.join(map(str, input_size))} inputs ({error}). The input size "
+            "is that of the model's image processor, else the dataset's: set it with --image_size N"
+        ) from error
+
+
 def main(argv: list[str]) -> dict:
     model_args, data_args, training_args, run_args = parse_args(argv)
     training = training_args.do_train
@@ -357,6 +418,7 @@ def main(argv: list[str]) -> dict:
     prepare_output_dir(training_args, resume, run_args.overwrite_output_dir)
     set_seed(training_args.seed)
     dataset, metadata, stats = _load_data(data_args)
+    stats, image_processor = model_input(model_args, data_args, stats)
     class_counts = metadata["class_counts"]["train"]
     class_names = dataset["train"].features["label"].names
     splits = {split: dataset[split].with_transform(EvalTransform(stats)) for split in ("validation", "test") if split in dataset}
@@ -374,7 +436,8 @@ def main(argv: list[str]) -> dict:
         train_class_counts=class_counts,
     )
     run = _train if training else _evaluate
-    return run(model_args, data_args, training_args, run_args, dataset, splits, stats, input_size, card, resume)
+    return run(model_args, data_args, training_args, run_args, dataset, splits, stats, input_size, card, resume,
+               image_processor=image_processor)
 
 
 def _check_evaluation_flags(model_args: ModelArguments, training_args: LTAPConfig) -> None:
@@ -391,12 +454,13 @@ def _check_evaluation_flags(model_args: ModelArguments, training_args: LTAPConfi
         )
 
 
-def _train(model_args, data_args, training_args, run_args, dataset, splits, stats, input_size, card, resume) -> dict:
+def _train(model_args, data_args, training_args, run_args, dataset, splits, stats, input_size, card, resume,
+           image_processor=None) -> dict:
     class_counts, class_names, test = card["train_class_counts"], card["class_names"], splits["test"]
     model = build_model(model_args, stats.num_channels, class_names)
     if run_args.calibrate:
         find_classifier_head(model)  # a head the bias cannot be folded into is refused before training
-    base_cost = model_cost(model, input_size)
+    base_cost = _dense_cost(model, input_size)
     probe = None
     if training_args.needs_probe:  # ltap-hf's class_taylor (not the paper's): a class-balanced probe set of training images
         probe = class_balanced_probe(dataset["train"], training_args.probe_per_class, training_args.seed)
@@ -404,7 +468,7 @@ def _train(model_args, data_args, training_args, run_args, dataset, splits, stat
     trainer = LTAPTrainer(model=model, args=training_args, train_dataset=dataset["train"].with_transform(TrainTransform(stats)),
                           eval_dataset=splits.get("validation"), class_counts=class_counts, data_collator=collate_fn,
                           probe_dataset=probe,
-                          processing_class=make_image_processor(stats.image_size, stats.mean, stats.std))
+                          processing_class=image_processor if image_processor is not None else image_processor_for_stats(stats))
     reference = None
     if run_args.dense_reference is None:
         reference = DenseReferenceCallback(trainer, test, class_counts)
@@ -463,17 +527,18 @@ def _train(model_args, data_args, training_args, run_args, dataset, splits, stat
     if training_args.push_to_hub:
         trainer.push_to_hub()
     if trainer.is_world_process_zero():
-        print(report(accuracy, density, cost, base_cost, class_names, class_counts, dense,
+        print(report(accuracy, density, cost, base_cost, class_names, class_counts, dense, input_size=input_size,
                      label="pruned, calibrated" if calibration else "pruned"))
         if calibration:
             print("\n" + calibration_report(calibration, accuracy))
     return {"mode": "train", "resumed_from": resume, "test": test_metrics, "accuracy": accuracy,
             "per_class_accuracy": accuracy["per_class_accuracy"], "dense_accuracy": dense,
             "class_counts": class_counts, "class_names": class_names, "density": density, "cost": cost,
-            "base_cost": base_cost, "calibration": calibration}
+            "base_cost": base_cost, "input_size": input_size, "calibration": calibration}
 
 
-def _evaluate(model_args, data_args, training_args, run_args, dataset, splits, stats, input_size, card, resume) -> dict:
+def _evaluate(model_args, data_args, training_args, run_args, dataset, splits, stats, input_size, card, resume,
+              image_processor=None) -> dict:
     """`--do_train False`: the model as it is, on the test split (and the validation split with --do_eval)."""
     class_counts, class_names, test = card["train_class_counts"], card["class_names"], splits["test"]
     source = model_args.model_name_or_path
@@ -524,14 +589,14 @@ def _evaluate(model_args, data_args, training_args, run_args, dataset, splits, s
             calibration=calibration,
         )
         render_model_card(card_report, training_args.output_dir)
-        print(report(accuracy, density, cost, base_cost, class_names, class_counts, dense,
+        print(report(accuracy, density, cost, base_cost, class_names, class_counts, dense, input_size=input_size,
                      label="model, calibrated" if calibration else "model"))
         if calibration:
             print("\n" + calibration_report(calibration, accuracy))
     return {"mode": "evaluate", "resumed_from": None, "test": test_metrics, "accuracy": accuracy,
             "per_class_accuracy": accuracy["per_class_accuracy"], "dense_accuracy": dense,
             "class_counts": class_counts, "class_names": class_names, "density": density, "cost": cost,
-            "base_cost": base_cost, "calibration": calibration}
+            "base_cost": base_cost, "input_size": input_size, "calibration": calibration}
 
 
 def _save_calibrated(model, source: str, output_dir: str, sparse: bool) -> None:
