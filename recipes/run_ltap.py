@@ -42,7 +42,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser, Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
-from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, cached_file, logging
+from transformers.utils import CONFIG_NAME, cached_file, logging
 
 from ltap_hf import LTResNetConfig, LTResNetForImageClassification, model_cost
 from ltap_hf.calibration import calibrate_classifier, find_classifier_head
@@ -561,7 +561,7 @@ def _evaluate(model_args, data_args, training_args, run_args, dataset, splits, s
     if run_args.calibrate:
         evaluation, calibration = _calibrate(model, trainer, splits, class_counts, evaluation, training_args, input_size)
         if trainer.is_world_process_zero():
-            _save_calibrated(model, source, training_args.output_dir, sparse=checkpoint_format == "sparse")
+            _save_calibrated(model, training_args.output_dir, checkpoint_format == "sparse", image_processor)
         location = str(Path(training_args.output_dir).resolve())
     test_metrics, accuracy, density, cost = (evaluation[k] for k in ("metrics", "accuracy", "density", "cost"))
     trainer.log_metrics("test", test_metrics)
@@ -599,16 +599,16 @@ def _evaluate(model_args, data_args, training_args, run_args, dataset, splits, s
             "base_cost": base_cost, "input_size": input_size, "calibration": calibration}
 
 
-def _save_calibrated(model, source: str, output_dir: str, sparse: bool) -> None:
+def _save_calibrated(model, output_dir: str, sparse: bool, image_processor) -> None:
     """An evaluation with --calibrate changed the model: it is saved to output_dir in the format it came in,
-    with the image processor it came with (if any), so that the card's snippet and `pipeline` load it."""
+    with the image processor the evaluation used, so that the card's snippet and `pipeline` load it and
+    preprocess as it did."""
     if sparse:
         save_sparse_pretrained(model, output_dir)
     else:
         model.save_pretrained(output_dir)
-    processor = cached_file(source, IMAGE_PROCESSOR_NAME, _raise_exceptions_for_missing_entries=False)
-    if processor is not None:
-        shutil.copyfile(processor, Path(output_dir) / IMAGE_PROCESSOR_NAME)
+    if image_processor is not None:
+        image_processor.save_pretrained(output_dir)
 
 
 if __name__ == "__main__":
