@@ -783,9 +783,6 @@ def _atomic_write(path: str, write) -> None:
             os.remove(temporary)
 
 
-__all__ = ["LTAPConfig", "LTAPTrainer", "class_balanced_probe", "load_pruning_state"]
-
-
 def end_distributed() -> None:
     """Ends a script launched on several processes: call it once the trainer is gone (after the function
     that held it returns). Frees what still holds the process group (the DDP wrapper sits in reference
@@ -796,3 +793,6 @@ def end_distributed() -> None:
         gc.collect()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+__all__ = ["LTAPConfig", "LTAPTrainer", "class_balanced_probe", "end_distributed", "load_pruning_state"]

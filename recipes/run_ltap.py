@@ -327,7 +327,7 @@ def _calibrate(model, trainer, splits, class_counts, before: dict, training_args
     """--calibrate: the logit bias fitted on the validation split and folded into `model`, then the test split
     again. Returns the evaluation after (its metrics also hold the `test_uncalibrated_*` ones before) and the
     calibration record with the test accuracy before."""
-    result = calibrate_classifier(model, splits["validation"], class_counts, trainer=trainer)
+    calibrate_classifier(model, splits["validation"], class_counts, trainer=trainer)  # records model.config.ltap_calibration
     after = evaluate_long_tail(model, splits["test"], class_counts, trainer=trainer, input_size=input_size,
                                prune_classifier=training_args.prune_classifier)
     after["metrics"].update({f"test_uncalibrated_{key}": before["metrics"][f"test_{key}"] for key in COMPUTE_METRICS_KEYS})
@@ -422,7 +422,6 @@ def main(argv: list[str]) -> dict:
     class_counts = metadata["class_counts"]["train"]
     class_names = dataset["train"].features["label"].names
     splits = {split: dataset[split].with_transform(EvalTransform(stats)) for split in ("validation", "test") if split in dataset}
-    test = splits["test"]
     if run_args.calibrate and "validation" not in splits:
         raise ValueError(f"--calibrate fits on the validation split, and {data_args.dataset_name} has none here: "
                          "give it validation images (--val_per_class N) or drop --calibrate")

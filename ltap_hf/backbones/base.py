@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..pruning.groups import ChannelGroup, apply_group_masks
+from ..pruning.groups import ChannelGroup, apply_group_masks, group_tensor_masks, kept_per_dim
 
 
 class Backbone:
@@ -51,6 +51,32 @@ class Backbone:
         outputs); `model` is not modified. It saves with `save_pretrained` and loads with `from_pretrained`."""
         self.check_slimmable(model)
         raise NotImplementedError
+
+
+@torch.no_grad()
+def sliced_state(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    group_alive: Mapping[str, torch.Tensor],
+    kept: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """`model`'s state dict with its pruned channels zeroed, then only the channels of `kept` (the alive
+    ones, or a superset an adapter needs) left in every tensor the groups slice, statistics included."""
+    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    for name, mask in group_tensor_masks(model, groups, group_alive).items():
+        state[name].masked_fill_(~mask, 0.0)
+    for name, dims in kept_per_dim(groups, kept, {n: t.shape for n, t in state.items()}, include_buffers=True).items():
+        for dim, keep in dims.items():
+            state[name] = state[name].index_select(dim, keep.nonzero().squeeze(1).to(state[name].device))
+    return state
+
+
+def rebuild(model_class: type, config, state: Mapping[str, torch.Tensor], like: nn.Module) -> nn.Module:
+    """A new `model_class(config)` holding `state`, on `like`'s device and dtype and in its training mode."""
+    parameter = next(like.parameters())
+    model = model_class(config).to(device=parameter.device, dtype=parameter.dtype)
+    model.load_state_dict(state)
+    return model.train(like.training)
 
 
 _REGISTRY: list[Backbone] = []

@@ -18,8 +18,8 @@ from torch import nn
 
 from ..models.configuration_ltap_convnext import LTAPConvNextConfig
 from ..models.modeling_ltap_convnext import LTAPConvNextForImageClassification, LTAPConvNextModel
-from ..pruning.groups import ChannelGroup, GroupSlice, group_tensor_masks, kept_per_dim
-from .base import Backbone
+from ..pruning.groups import ChannelGroup, GroupSlice
+from .base import Backbone, rebuild, sliced_state
 
 
 def _encoder_prefix(model: nn.Module) -> str:
@@ -53,19 +53,11 @@ class ConvNextBackbone(Backbone):
 
     @torch.no_grad()
     def slim(self, model: nn.Module, groups: Sequence[ChannelGroup], group_alive: Mapping[str, torch.Tensor]) -> nn.Module:
-        state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-        for name, mask in group_tensor_masks(model, groups, group_alive).items():
-            state[name].masked_fill_(~mask, 0.0)
-        for name, dims in kept_per_dim(groups, group_alive, {n: t.shape for n, t in state.items()}).items():
-            for dim, keep in dims.items():
-                state[name] = state[name].index_select(dim, keep.nonzero().squeeze(1).to(state[name].device))
+        state = sliced_state(model, groups, group_alive, group_alive)
         sizes = [[] for _ in model.config.depths]
         for s, _, name, _ in _layers(model):
             sizes[s].append(state[f"{name}.pwconv1.weight"].shape[0])
         config = LTAPConvNextConfig.from_dict({**model.config.to_dict(), "model_type": "ltap_convnext",
                                                "intermediate_sizes": sizes})
         slim_class = LTAPConvNextForImageClassification if hasattr(model, "convnext") else LTAPConvNextModel
-        parameter = next(model.parameters())
-        slim = slim_class(config).to(device=parameter.device, dtype=parameter.dtype)
-        slim.load_state_dict(state)
-        return slim.train(model.training)
+        return rebuild(slim_class, config, state, like=model)

@@ -23,11 +23,10 @@ from ..models.configuration_lt_resnet import LTResNetConfig
 from ..models.modeling_lt_resnet import (
     LTResNetConvLayer,
     LTResNetForImageClassification,
-    LTResNetModel,
     LTResNetPaddingShortcut,
 )
-from ..pruning.groups import ChannelGroup, apply_group_masks, group_tensor_masks, kept_per_dim
-from .base import Backbone
+from ..pruning.groups import ChannelGroup, apply_group_masks
+from .base import Backbone, rebuild, sliced_state
 from .residual import ResidualLayout, groups_from_layout, join, layout_of
 
 
@@ -178,17 +177,8 @@ def slim_lt_resnet(model: nn.Module, groups: Sequence[ChannelGroup], group_alive
         group_alive: group -> bool [C_g], True for kept channels.
     """
     kept = _keep_conv_shortcuts(model, groups, group_alive)
-    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    for name, mask in group_tensor_masks(model, groups, group_alive).items():
-        state[name].masked_fill_(~mask, 0.0)
-    for name, dims in kept_per_dim(groups, kept, {n: t.shape for n, t in state.items()}, include_buffers=True).items():
-        for dim, keep in dims.items():
-            state[name] = state[name].index_select(dim, keep.nonzero().squeeze(1).to(state[name].device))
-    config = _slim_config(model, state, groups, group_alive, kept)
-    parameter = next(model.parameters())
-    slim = type(model)(config).to(device=parameter.device, dtype=parameter.dtype)
-    slim.load_state_dict(state)
-    return slim.train(model.training)
+    state = sliced_state(model, groups, group_alive, kept)
+    return rebuild(type(model), _slim_config(model, state, groups, group_alive, kept), state, like=model)
 
 
 class LTResNetBackbone(Backbone):

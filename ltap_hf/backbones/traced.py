@@ -90,9 +90,6 @@ class TracedBackbone(Backbone):
 
     name = "traced"
 
-    def matches(self, model: nn.Module) -> bool:
-        return True
-
     def channel_groups(self, model: nn.Module, example_inputs: torch.Tensor | None = None) -> list[ChannelGroup]:
         try:
             import torch_pruning  # noqa: F401

@@ -271,14 +271,14 @@ def combine_rows(
     num_criteria = alpha.numel()
     if set(per_tensor_rows) != set(alive):
         raise ValueError(
-            f"per_tensor_criteria and alive must name the same tensors, got {sorted(per_tensor_rows)} "
+            f"per_tensor_rows and alive must name the same tensors, got {sorted(per_tensor_rows)} "
             f"and {sorted(alive)}"
         )
     selected = {}
     for name, scores in per_tensor_rows.items():
         if scores.shape[0] != num_criteria or scores.shape[1:] != alive[name].shape:
             raise ValueError(
-                f"alpha must have one entry per criterion in use: per_tensor_criteria[{name!r}] has shape "
+                f"alpha must have one entry per criterion in use: per_tensor_rows[{name!r}] has shape "
                 f"{list(scores.shape)}, alive {list(alive[name].shape)} and alpha {list(alpha.shape)}"
             )
         selected[name] = scores.float()

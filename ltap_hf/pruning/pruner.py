@@ -184,8 +184,7 @@ class LTAPPruner:
                     "the masks belong to another model"
                 )
         self.alive = {n: alive[n].to(dtype=torch.bool, device=m.device) for n, m in self.alive.items()}
-        self.masks = self.units.tensor_masks(self.alive)
-        self.apply_masks()
+        self.masks = self.units.apply(self.alive)
 
     def density_report(self, model: nn.Module) -> dict:
         """Densities over prunable and over all parameters, and per tensor (weight) or group (channel)."""

@@ -19,7 +19,7 @@ from .groups import (
     group_tensor_masks,
     parameter_density,
 )
-from .masks import density, density_report, full_masks, prunable_parameters
+from .masks import apply_masks, density, density_report, full_masks, prunable_parameters
 from .selection import select_channel_groups, select_mask
 from .statistics import ScoreAccumulator
 
@@ -49,6 +49,10 @@ class WeightUnits:
         return select_mask(scores, alive, target_density, floor)
 
     def tensor_masks(self, alive: dict) -> dict[str, torch.Tensor]:
+        return alive
+
+    def apply(self, alive: dict) -> dict[str, torch.Tensor]:
+        apply_masks(self.parameters, alive)
         return alive
 
     def density(self, alive: dict) -> float:
@@ -93,6 +97,10 @@ class ChannelUnits:
                                      self.allocation)
 
     def tensor_masks(self, alive: dict) -> dict[str, torch.Tensor]:
+        return group_tensor_masks(self.model, self.groups, alive)
+
+    def apply(self, alive: dict) -> dict[str, torch.Tensor]:
+        # The adapter also keeps what the masks imply consistent (e.g. padding shortcuts' channel copies).
         return self.structure.apply_channel_masks(self.model, self.groups, alive)
 
     def density(self, alive: dict) -> float:
