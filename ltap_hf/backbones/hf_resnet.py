@@ -88,5 +88,4 @@ class HFResNetBackbone(Backbone):
         lt_groups = lt_backbone.channel_groups(lt_model)
         # Both layouts walk the same network in the same order: group i is the same channels in both.
         lt_alive = {lt.name: group_alive[hf.name] for hf, lt in zip(groups, lt_groups, strict=True)}
-        lt_backbone.apply_channel_masks(lt_model, lt_groups, lt_alive)
-        return lt_backbone.slim(lt_model, lt_groups, lt_alive)
+        return lt_backbone.slim(lt_model, lt_groups, lt_alive)  # slimming zeroes the pruned channels of its copy
