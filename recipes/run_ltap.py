@@ -526,11 +526,24 @@ def _train(model_args, data_args, training_args, run_args, dataset, splits, stat
     if training_args.push_to_hub:
         trainer.push_to_hub()
     if trainer.is_world_process_zero():
-        print(report(accuracy, density, cost, base_cost, class_names, class_counts, dense, input_size=input_size,
-                     label="pruned, calibrated" if calibration else "pruned"))
-        if calibration:
-            print("\n" + calibration_report(calibration, accuracy))
-    return {"mode": "train", "resumed_from": resume, "test": test_metrics, "accuracy": accuracy,
+        _print_report(accuracy, density, cost, base_cost, class_names, class_counts, dense, input_size, "pruned",
+                      calibration)
+    return _result("train", resume, test_metrics, accuracy, dense, class_counts, class_names, density, cost,
+                   base_cost, input_size, calibration)
+
+
+def _print_report(accuracy, density, cost, base_cost, class_names, class_counts, dense, input_size, label: str,
+                  calibration) -> None:
+    print(report(accuracy, density, cost, base_cost, class_names, class_counts, dense, input_size=input_size,
+                 label=f"{label}, calibrated" if calibration else label))
+    if calibration:
+        print("\n" + calibration_report(calibration, accuracy))
+
+
+def _result(mode: str, resumed_from, test_metrics, accuracy, dense, class_counts, class_names, density, cost,
+            base_cost, input_size, calibration) -> dict:
+    """What `main` returns, for a training run and an evaluation alike."""
+    return {"mode": mode, "resumed_from": resumed_from, "test": test_metrics, "accuracy": accuracy,
             "per_class_accuracy": accuracy["per_class_accuracy"], "dense_accuracy": dense,
             "class_counts": class_counts, "class_names": class_names, "density": density, "cost": cost,
             "base_cost": base_cost, "input_size": input_size, "calibration": calibration}
@@ -588,14 +601,10 @@ def _evaluate(model_args, data_args, training_args, run_args, dataset, splits, s
             calibration=calibration,
         )
         render_model_card(card_report, training_args.output_dir)
-        print(report(accuracy, density, cost, base_cost, class_names, class_counts, dense, input_size=input_size,
-                     label="model, calibrated" if calibration else "model"))
-        if calibration:
-            print("\n" + calibration_report(calibration, accuracy))
-    return {"mode": "evaluate", "resumed_from": None, "test": test_metrics, "accuracy": accuracy,
-            "per_class_accuracy": accuracy["per_class_accuracy"], "dense_accuracy": dense,
-            "class_counts": class_counts, "class_names": class_names, "density": density, "cost": cost,
-            "base_cost": base_cost, "input_size": input_size, "calibration": calibration}
+        _print_report(accuracy, density, cost, base_cost, class_names, class_counts, dense, input_size, "model",
+                      calibration)
+    return _result("evaluate", None, test_metrics, accuracy, dense, class_counts, class_names, density, cost,
+                   base_cost, input_size, calibration)
 
 
 def _save_calibrated(model, output_dir: str, sparse: bool, image_processor) -> None:
