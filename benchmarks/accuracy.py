@@ -1,6 +1,7 @@
-"""Does class-aware pruning keep the rare classes? Dense, magnitude, LTAP (weight), LTAP without the vote
-and LTAP (channel, slimmed), side by side with the same seed, data, schedule and loss (the recipe's
-Balanced Softmax unless `--loss` says otherwise).
+"""Does class-aware pruning keep the rare classes? Dense, magnitude, LTAP (weight), LTAP without the vote,
+LTAP (channel, slimmed) and ltap-hf's class-conditional criterion (class_taylor: classes alike, or
+class_taylor_worst: by their validation error), side by side with the same seed, data, schedule and loss
+(the recipe's Balanced Softmax unless `--loss` says otherwise).
 
     # every arm, CIFAR-10-LT IR 100, the 30-epoch CPU schedule (about 20 minutes an arm on 2 cores)
     python benchmarks/accuracy.py --dataset cifar10_lt --schedule cpu30
@@ -35,6 +36,13 @@ benchmarks/run_records.py): test and validation logits and predictions, α, D an
 validation accuracy of every stage, per-layer densities and a SHA-256 of the final masks.
 `--report-only` rebuilds the tables and plots from the records, and from the JSON only for the rows
 that have none (runs made before records were kept).
+
+Report. Every recorded run also appears calibrated (`<arm>+calibration`: `run_ltap --calibrate`'s logit
+bias, fitted on the run's validation logits and applied to its test logits, no training). Below the
+table, every arm is paired by seed with magnitude pruning at its density (and every calibrated arm with
+calibrated magnitude pruning): mean difference in points, its standard error and a paired t-test's p, and
+the share of magnitude's tail-3 loss against dense that the arm wins back. `--split validation` reports
+the validation predictions instead, the split to make choices on.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import paired  # noqa: E402
 import run_ltap  # noqa: E402
 import run_records  # noqa: E402
 from ltap_hf.losses import LOSS_NAMES  # noqa: E402
@@ -87,6 +96,10 @@ ARMS = {
     "ltap": [],
     "ltap_novote": ["--vote", "false"],
     "ltap_channel": ["--granularity", "channel", "--channel_allocation", "uniform"],
+    # ltap-hf's class-conditional criterion alone (not the paper's), its classes weighed alike or by their
+    # validation error at each stage.
+    "class_taylor": ["--criteria", "class_taylor", "--vote", "false"],
+    "class_taylor_worst": ["--criteria", "class_taylor", "--vote", "false", "--class_importance_weighting", "worst_class"],
 }
 TABLE_KEYS = ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy", "tail3_accuracy", "worst_class_accuracy")
 # The data and loss of a grid beyond its recipe, as run_ltap flags. None keeps the recipe's (Balanced Softmax;
@@ -308,19 +321,25 @@ def run_cell(grid: Grid, arm: str, density: float, seed: int, results: Path, bra
     return run_and_record(grid, arm, density, seed, results, branch_from=point)
 
 
-def load_rows(results: Path, schedule: str) -> list[dict]:
+def load_rows(results: Path, schedule: str, split: str = "test") -> list[dict]:
     """The rows of `schedule`: one per run key, from its record when there is one (its accuracies
-    recomputed from the stored predictions), else as the results JSON holds it (runs without records)."""
+    recomputed from the stored predictions of `split`, and its calibrated twin beside it, see
+    `run_records.calibrated_record`), else as the results JSON holds it (runs without records, test split
+    only)."""
     rows: dict[tuple, dict] = {}
-    if results.exists():
+    if results.exists() and split == "test":
         with _locked(results):
             saved = json.loads(results.read_text())
         rows.update((_key(row), row) for row in saved if row["schedule"] == schedule)
     folder = records_dir(results)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        row = run_records.row_from_record(run_records.read_record(path))
-        if row["schedule"] == schedule:
-            rows[_key(row)] = row
+        record = run_records.read_record(path)
+        if record["row"]["schedule"] != schedule:
+            continue
+        for twin in (record, run_records.calibrated_record(record)):
+            if twin is not None:
+                row = run_records.row_from_record(twin, split)
+                rows[_key(row)] = row
     for row in rows.values():
         if row.get("record"):
             print(f"warning: {results.parent / row['record']} is missing; {record_id(row)} is reported from {results}")
@@ -336,10 +355,16 @@ def _mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def arm_order(arm: str) -> tuple[int, bool]:
+    """Where `arm` sits in tables and plots: ARMS' order, each arm's calibrated twin after it."""
+    calibrated = arm.endswith(run_records.CALIBRATED)
+    return list(ARMS).index(arm.removesuffix(run_records.CALIBRATED)), calibrated
+
+
 def _groups(records: list[dict]) -> list[list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     for record in records:
-        groups.setdefault((list(ARMS).index(record["arm"]), -record["target_density"]), []).append(record)
+        groups.setdefault((arm_order(record["arm"]), -record["target_density"]), []).append(record)
     return [sorted(runs, key=lambda r: r["seed"]) for _, runs in sorted(groups.items())]
 
 
@@ -379,7 +404,7 @@ def plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    for arm in ARMS:
+    for arm in sorted({record["arm"] for record in records}, key=arm_order):
         by_target: dict[float, list[dict]] = {}
         for record in records:
             if record["arm"] == arm:
@@ -387,7 +412,7 @@ def plot(records: list[dict], path: Path) -> None:
         points = sorted((statistics.mean(r["prunable_density"] for r in runs), runs) for runs in by_target.values())
         for axis, key in zip(axes, ("accuracy", "tail3_accuracy")):
             axis.plot([d for d, _ in points], [100 * statistics.mean(r[key] for r in runs) for _, runs in points],
-                      marker="o", label=arm)
+                      marker="o", label=arm, linestyle="--" if arm_order(arm)[1] else "-")
     for axis, title in zip(axes, ("overall test accuracy (%)", "tail-3 test accuracy (%)")):
         axis.set_xscale("log")
         axis.set_xlabel("density of prunable weights")
@@ -398,8 +423,24 @@ def plot(records: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def report(rows: list[dict], results: Path) -> None:
-    """Prints a table (and the per-class lines) and draws a plot for each regime among `rows`."""
+def paired_tables(records: list[dict]) -> str:
+    """Every arm against magnitude pruning at its density, paired by seed, and every calibrated arm against
+    calibrated magnitude pruning (the bar a mask-selection method must clear once calibration is applied)."""
+    tables = []
+    for calibrated in (False, True):
+        suffix = run_records.CALIBRATED if calibrated else ""
+        reference, dense = f"magnitude{suffix}", f"dense{suffix}"
+        groups = [runs for runs in _groups(records) if arm_order(runs[0]["arm"])[1] == calibrated]
+        table = paired.paired_table(groups, reference, dense)
+        if table:
+            tables.append(f"paired by seed, against {reference} (percentage points; tail-3 loss recovered: of "
+                          f"{reference}'s tail-3 loss against {dense}):\n{table}")
+    return "\n\n".join(tables)
+
+
+def report(rows: list[dict], results: Path, split: str = "test") -> None:
+    """Prints a table, the paired differences and the per-class lines, and draws a plot, for each regime
+    among `rows`."""
     regimes: dict[tuple, list[dict]] = {}
     for row in rows:
         regimes.setdefault(tuple(row.get(key) for key in REGIME_FLAGS), []).append(row)
@@ -408,8 +449,12 @@ def report(rows: list[dict], results: Path) -> None:
         if len(regimes) > 1 or regime_suffix(regime):
             print(f"\nregime: {regime_label(regime)}")
         print(table(runs))
+        differences = paired_tables(runs)
+        if differences:
+            print("\n" + differences)
         print("\n" + per_class_lines(runs))
-        plot(runs, results.with_name(f"{results.stem}{regime_suffix(regime) if len(regimes) > 1 else ''}.png"))
+        name = f"{results.stem}{regime_suffix(regime) if len(regimes) > 1 else ''}{'' if split == 'test' else f'_{split}'}"
+        plot(runs, results.with_name(f"{name}.png"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -442,6 +487,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--branch-point-only", action="store_true",
                         help="only make sure every seed has its branch point (training its dense arm where it has none)")
     parser.add_argument("--report-only", action="store_true", help="print the tables and draw the plots of the records and JSON only")
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="the split the report reads from the records (validation: to make choices on; the "
+                             "calibrated arms are then in-sample)")
     parser.add_argument("--no-report", action="store_true", help="run and merge only (many runs at once: report once after)")
     options = parser.parse_args(argv)
     schedule = options.schedule or ("cpu30" if options.dataset == "cifar10_lt" else "demo")
@@ -465,11 +513,11 @@ def main(argv: list[str] | None = None) -> None:
                     run_cell(grid, arm, density, seed, results, branch_points)
     if options.no_report:
         return
-    rows = load_rows(results, schedule)
+    rows = load_rows(results, schedule, options.split)
     if not rows:
         raise SystemExit(f"nothing to report: no {schedule} runs in {results} or {records_dir(results)}")
-    print(f"\n{options.dataset}, schedule {schedule}, results in {results}")
-    report(rows, results)
+    print(f"\n{options.dataset}, schedule {schedule}, {options.split} split, results in {results}")
+    report(rows, results, options.split)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,13 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from ltap_hf.calibration import fit_logit_bias
 from ltap_hf.metrics import long_tail_accuracy
 
 
 FORMAT_VERSION = 1
+# The arm name of a run's post-hoc calibrated twin (`calibrated_record`).
+CALIBRATED = "+calibration"
 # The row fields a record recomputes from its test predictions (the rest it keeps as written).
 ACCURACY_KEYS = ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy", "tail3_accuracy", "worst_class_accuracy")
 
@@ -230,11 +233,11 @@ def read_record(path: Path) -> dict:
     return record
 
 
-def row_from_record(record: dict) -> dict:
+def row_from_record(record: dict, split: str = "test") -> dict:
     """The summary row of a record, its accuracy fields (overall, groups, tail-3, worst class, per class)
-    computed from the stored test predictions."""
+    computed from the stored predictions of `split` ("test", or "validation" to make choices on)."""
     arrays, names = record["arrays"], record["class_names"]
-    accuracy = long_tail_accuracy(arrays["test_predictions"].astype(np.int64), arrays["test_labels"].astype(np.int64),
+    accuracy = long_tail_accuracy(arrays[f"{split}_predictions"].astype(np.int64), arrays[f"{split}_labels"].astype(np.int64),
                                   record["class_counts"])
     per_class = accuracy["per_class_accuracy"]
     worst = min(range(len(per_class)), key=lambda c: per_class[c])
@@ -242,5 +245,28 @@ def row_from_record(record: dict) -> dict:
             "worst_class": names[worst], "per_class_accuracy": dict(zip(names, per_class))}
 
 
-__all__ = ["BranchPointPublisher", "StageRecorder", "collect", "mask_sha256", "read_record", "row_from_record",
-           "watching_trainers", "write_record"]
+def calibrated_record(record: dict) -> dict | None:
+    """The record as if the run had ended with `run_ltap --calibrate`: a per-class logit bias fitted on its
+    validation logits (`ltap_hf.calibration.fit_logit_bias`, the same choice between tau * log prior and a
+    fitted C-vector) added to its test and validation logits, the arm named `<arm>+calibration`, and the
+    fit in `row["calibration"]`. None for a run without validation images.
+
+    The logits are the stored float16 ones, so a prediction can differ from the float32 network's where
+    two classes tie within float16 rounding. On the validation split the calibrated accuracies are
+    in-sample (the bias was fitted there).
+    """
+    arrays = record["arrays"]
+    if arrays["validation_labels"].size == 0:
+        return None
+    fit = fit_logit_bias(arrays["validation_logits"].astype(np.float64), arrays["validation_labels"].astype(np.int64),
+                         record["class_counts"])
+    bias = fit.bias.numpy().astype(np.float32)
+    predictions = {f"{split}_predictions": (arrays[f"{split}_logits"].astype(np.float32) + bias).argmax(-1).astype(np.int16)
+                   for split in ("test", "validation")}
+    row = {**record["row"], "arm": f"{record['row']['arm']}{CALIBRATED}",
+           "calibration": {"method": fit.method, "tau": fit.tau, "bias": [float(b) for b in bias]}}
+    return {**record, "row": row, "arrays": {**arrays, **predictions}}
+
+
+__all__ = ["CALIBRATED", "BranchPointPublisher", "StageRecorder", "calibrated_record", "collect", "mask_sha256",
+           "read_record", "row_from_record", "watching_trainers", "write_record"]

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from ltap_hf import LTResNetConfig, LTResNetForImageClassification
+from ltap_hf.calibration import fit_logit_bias
 from ltap_hf.data import DATASET_STATS
 from ltap_hf.pruning import full_masks, prunable_parameters
 
@@ -25,6 +27,7 @@ from ltap_hf.pruning import full_masks, prunable_parameters
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import accuracy  # noqa: E402
+import paired  # noqa: E402
 import run_records  # noqa: E402
 
 
@@ -226,3 +229,58 @@ def test_regime_options_reach_the_run_and_name_its_results(tmp_path):
 def test_every_stage_votes_on_every_validation_class(grid):
     accuracy_by_stage = _record(grid["records"], "ltap", DENSITY)["arrays"]["stage_validation_accuracy"]
     assert not np.isnan(accuracy_by_stage).any()
+
+
+def test_paired_difference_by_hand():
+    # Seed 3 has no reference run and seed 4 no number: both are left out.
+    arm, reference = {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.9, 4: math.nan}, {0: 0.4, 1: 0.4, 2: 0.6, 4: 0.5}
+    difference = paired.paired_difference(arm, reference)
+    # Differences of 10, 20 and 10 points: mean 40/3, standard deviation 10/sqrt(3), standard error 10/3,
+    # t = 4 on 2 degrees of freedom, whose two-sided p-value is 1 - t / sqrt(t² + 2).
+    assert difference.n == 3
+    assert difference.mean == pytest.approx(40 / 3) and difference.se == pytest.approx(10 / 3)
+    assert difference.p == pytest.approx(1 - 4 / math.sqrt(18))
+    assert str(difference) == "+13.3 ± 3.3 (p 0.057)"
+    single = paired.paired_difference({0: 0.25}, {0: 0.5, 1: 0.5})
+    assert (single.mean, single.se, single.p, single.n, str(single)) == (-25.0, None, None, 1, "-25.0")
+    assert paired.paired_difference({0: 0.5}, {1: 0.5}) is None
+    assert math.isnan(paired.paired_difference({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5}).p)  # the same gain on every seed
+
+    # Half of the reference's loss against dense won back: (0.1 + 0.2) / (0.2 + 0.4).
+    assert paired.recovered_fraction({0: 0.2, 1: 0.3}, {0: 0.1, 1: 0.1}, {0: 0.3, 1: 0.5}) == pytest.approx(0.5)
+    assert paired.recovered_fraction({0: 0.2}, {0: 0.3}, {0: 0.3}) is None  # no loss to win back
+
+
+def test_the_report_pairs_each_arm_with_magnitude_and_calibrates_on_validation_only(grid):
+    records = grid["records"]
+    ltap, magnitude = _record(records, "ltap", DENSITY), _record(records, "magnitude", DENSITY)
+    rows = {r["row"]["arm"]: run_records.row_from_record(r) for r in (ltap, magnitude)}
+    difference = 100 * (rows["ltap"]["accuracy"] - rows["magnitude"]["accuracy"])
+    assert "paired by seed, against magnitude (" in grid["printed"]
+    assert f"| ltap | {DENSITY:.2f} | 1 | {difference:+.1f} | " in grid["printed"]
+
+    # The calibrated twin: the bias fitted on the validation logits, added to the test logits.
+    arrays = ltap["arrays"]
+    fit = fit_logit_bias(arrays["validation_logits"].astype(np.float64), arrays["validation_labels"].astype(np.int64),
+                         ltap["class_counts"])
+    twin = run_records.calibrated_record(ltap)
+    assert twin["row"]["arm"] == "ltap+calibration" and twin["row"]["calibration"]["method"] == fit.method
+    np.testing.assert_allclose(twin["row"]["calibration"]["bias"], fit.bias.numpy())
+    calibrated = (arrays["test_logits"].astype(np.float32) + fit.bias.numpy()).argmax(-1)
+    np.testing.assert_array_equal(twin["arrays"]["test_predictions"], calibrated)
+    # On validation it scores what the fit says it scores; the test logits play no part in the fit.
+    validation = run_records.row_from_record(twin, "validation")["per_class_accuracy"].values()
+    assert np.mean(list(validation)) == pytest.approx(fit.balanced_accuracy_after, abs=0.02)
+    flipped = run_records.calibrated_record({**ltap, "arrays": {**arrays, "test_logits": -arrays["test_logits"]}})
+    assert flipped["row"]["calibration"] == twin["row"]["calibration"]
+    assert f"| ltap+calibration | {DENSITY:.2f} | 1 |" in grid["printed"]
+    assert "paired by seed, against magnitude+calibration (" in grid["printed"]
+
+
+def test_a_report_on_the_validation_split_reads_the_validation_predictions(grid, tmp_path):
+    shutil.copytree(grid["records"], tmp_path / "digits_records")
+    printed = _main(["--dataset", "digits_lt", "--report-only", "--split", "validation", "--results", str(tmp_path / "digits.json")])
+    arrays = _record(grid["records"], "dense", 1.0)["arrays"]
+    accuracy_ = (arrays["validation_predictions"] == arrays["validation_labels"]).mean()
+    assert "validation split" in printed and f"| dense | 1.00 | 1 | {100 * accuracy_:.1f} |" in printed
+    assert (tmp_path / "digits_validation.png").stat().st_size > 0 and not (tmp_path / "digits.png").exists()
