@@ -10,7 +10,6 @@ arrives already pruned reports what it keeps, whatever a pruning schedule believ
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from .data.transforms import collate_fn
 from .hub.sparse import load_sparse_pretrained
 from .metrics import COMPUTE_METRICS_KEYS, long_tail_accuracy
 from .pruning import density_report, prunable_parameters
+from .rng import forked_rng
 
 
 def weight_density(model: nn.Module, prune_classifier: bool = False) -> dict:
@@ -103,9 +103,8 @@ def predict_logits(
 def _predict(model, dataset, trainer, batch_size, data_collator, metric_key_prefix, keep_logits: bool):
     was_training = model.training
     device = trainer.args.device if trainer is not None else next(model.parameters()).device
-    python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with forked_rng():
             if trainer is not None:
                 if trainer.accelerator.unwrap_model(trainer.model) is not model:
                     raise ValueError("predicting with a trainer needs the trainer's own model")
@@ -116,8 +115,6 @@ def _predict(model, dataset, trainer, batch_size, data_collator, metric_key_pref
                 return (logits.astype(np.float32) if keep_logits else logits.argmax(-1)), np.asarray(labels), output.metrics
             return (*_predict_in_a_loop(model, dataset, device, batch_size, data_collator, keep_logits), {})
     finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
         model.train(was_training)
 
 

@@ -12,11 +12,9 @@ moments of the step loop (see FIELD_NOTES.md for the order of Trainer's hooks):
 from __future__ import annotations
 
 import bisect
-import contextlib
 import gc
 import json
 import os
-import random
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -43,6 +41,7 @@ from .pruning.pruner import GRANULARITIES, LTAPPruner
 from .pruning.schedule import cubic_density_at, stage_steps
 from .pruning.selection import CHANNEL_ALLOCATIONS
 from .pruning.vote import CLASS_WEIGHTINGS, ClassVote
+from .rng import forked_rng, rng_states, set_rng_states
 from .weight_decay import coupled_weight_decay
 
 
@@ -489,7 +488,7 @@ class LTAPTrainer(Trainer):
         predictions, references = [], []
         # Gathered while the vote's loader is the one being iterated: `gather_for_metrics` trims the padding
         # of the last batch by the loader Accelerate sees as active, which after the loop is the training one.
-        with _forked_rng():
+        with forked_rng():
             for batch in self._vote_dataloader:
                 batch = self._prepare_inputs(batch)
                 labels = batch.pop("labels")
@@ -550,7 +549,7 @@ class LTAPTrainer(Trainer):
         was_training = model.training
         model.eval()
         try:
-            with _forked_rng():  # a loader iterator draws its base seed from the global RNG
+            with forked_rng():  # a loader iterator draws its base seed from the global RNG
                 importance = self.pruner.class_importance(self._probe_class_gradients(), weights)
         finally:
             model.train(was_training)
@@ -665,7 +664,7 @@ class LTAPTrainer(Trainer):
 
     def _recording_rng_states(self, iterator):
         while True:
-            self._rng_before_fetch = _rng_states()
+            self._rng_before_fetch = rng_states()
             try:
                 yield next(iterator)
             except StopIteration:
@@ -675,12 +674,12 @@ class LTAPTrainer(Trainer):
         if self._rng_before_fetch is None or self.state.global_step % self._steps_per_epoch == 0:
             # At an epoch boundary nothing was fetched ahead: the next epoch draws from the states now.
             return super()._save_rng_state(output_dir)
-        now = _rng_states()
-        _set_rng_states(self._rng_before_fetch)
+        now = rng_states()
+        set_rng_states(self._rng_before_fetch)
         try:
             super()._save_rng_state(output_dir)
         finally:
-            _set_rng_states(now)
+            set_rng_states(now)
 
     def _load_rng_state(self, checkpoint):
         if self._rng_restored_early:
@@ -691,7 +690,7 @@ class LTAPTrainer(Trainer):
         super()._load_rng_state(checkpoint)
 
     def evaluate(self, *args, **kwargs):
-        with _forked_rng():
+        with forked_rng():
             return super().evaluate(*args, **kwargs)
 
     def _check_branch_point(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -744,33 +743,6 @@ def load_pruning_state(folder: str) -> tuple[dict[str, torch.Tensor], dict]:
     if meta.get("format_version") != STATE_FORMAT_VERSION:
         raise ValueError(f"{config} has format_version {meta.get('format_version')}, this library reads {STATE_FORMAT_VERSION}")
     return tensors, meta
-
-
-def _rng_states() -> dict:
-    """The global RNG states that data transforms draw from: Python's, NumPy's, torch's (CPU and CUDA)."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.random.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.random.set_rng_state(states["cpu"])
-    if "cuda" in states:
-        torch.cuda.random.set_rng_state_all(states["cuda"])
-
-
-@contextlib.contextmanager
-def _forked_rng():
-    """Runs its body on copies of the global RNG states: whatever it draws, the training draws after it
-    are the ones they would have been without it."""
-    states = _rng_states()
-    try:
-        yield
-    finally:
-        _set_rng_states(states)
 
 
 def _atomic_write(path: str, write) -> None:
