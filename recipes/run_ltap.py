@@ -434,9 +434,9 @@ def main(argv: list[str]) -> dict:
         class_names=class_names,
         train_class_counts=class_counts,
     )
-    run = _train if training else _evaluate
-    return run(model_args, data_args, training_args, run_args, dataset, splits, stats, input_size, card, resume,
-               image_processor=image_processor)
+    if training:
+        return _train(model_args, training_args, run_args, dataset, splits, stats, input_size, card, resume, image_processor)
+    return _evaluate(model_args, data_args, training_args, run_args, splits, input_size, card, image_processor)
 
 
 def _check_evaluation_flags(model_args: ModelArguments, training_args: LTAPConfig) -> None:
@@ -453,8 +453,7 @@ def _check_evaluation_flags(model_args: ModelArguments, training_args: LTAPConfi
         )
 
 
-def _train(model_args, data_args, training_args, run_args, dataset, splits, stats, input_size, card, resume,
-           image_processor=None) -> dict:
+def _train(model_args, training_args, run_args, dataset, splits, stats, input_size, card, resume, image_processor) -> dict:
     class_counts, class_names, test = card["train_class_counts"], card["class_names"], splits["test"]
     model = build_model(model_args, stats.num_channels, class_names)
     if run_args.calibrate:
@@ -467,7 +466,7 @@ def _train(model_args, data_args, training_args, run_args, dataset, splits, stat
     trainer = LTAPTrainer(model=model, args=training_args, train_dataset=dataset["train"].with_transform(TrainTransform(stats)),
                           eval_dataset=splits.get("validation"), class_counts=class_counts, data_collator=collate_fn,
                           probe_dataset=probe,
-                          processing_class=image_processor if image_processor is not None else image_processor_for_stats(stats))
+                          processing_class=image_processor)
     reference = None
     if run_args.dense_reference is None:
         reference = DenseReferenceCallback(trainer, test, class_counts)
@@ -549,8 +548,7 @@ def _result(mode: str, resumed_from, test_metrics, accuracy, dense, class_counts
             "base_cost": base_cost, "input_size": input_size, "calibration": calibration}
 
 
-def _evaluate(model_args, data_args, training_args, run_args, dataset, splits, stats, input_size, card, resume,
-              image_processor=None) -> dict:
+def _evaluate(model_args, data_args, training_args, run_args, splits, input_size, card, image_processor) -> dict:
     """`--do_train False`: the model as it is, on the test split (and the validation split with --do_eval)."""
     class_counts, class_names, test = card["train_class_counts"], card["class_names"], splits["test"]
     source = model_args.model_name_or_path
