@@ -431,6 +431,9 @@ def paired_tables(records: list[dict]) -> str:
         suffix = run_records.CALIBRATED if calibrated else ""
         reference, dense = f"magnitude{suffix}", f"dense{suffix}"
         groups = [runs for runs in _groups(records) if arm_order(runs[0]["arm"])[1] == calibrated]
+        regime = paired.regime_lines(groups, reference, dense)
+        if regime:
+            tables.append(f"paired by seed (percentage points):\n{regime}")
         table = paired.paired_table(groups, reference, dense)
         if table:
             tables.append(f"paired by seed, against {reference} (percentage points; tail-3 loss recovered: of "

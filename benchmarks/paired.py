@@ -57,6 +57,30 @@ def recovered_fraction(runs: dict[int, float], reference: dict[int, float], dens
     return gained / lost if seeds and lost > 0 else None
 
 
+def tail_extra_loss(runs: list[dict], dense: list[dict]) -> PairedDifference | None:
+    """How many more points the arm loses against dense on its tail-3 than overall, paired by seed:
+    (dense − arm) on tail-3 minus (dense − arm) overall. Positive: the pruning hurts the rarest classes
+    more than the rest."""
+    gap = lambda rows: {r["seed"]: r["tail3_accuracy"] - r["accuracy"] for r in rows}  # noqa: E731
+    return paired_difference(gap(dense), gap(runs))
+
+
+def regime_lines(groups: list[list[dict]], arm: str, dense: str) -> str:
+    """One line per density of `arm`: its loss against `dense`, overall and on tail-3, and the tail's extra loss."""
+    by_arm = {(runs[0]["arm"], runs[0]["target_density"]): runs for runs in groups}
+    dense_runs = by_arm.get((dense, 1.0), [])
+    lines = []
+    for (name, density), runs in by_arm.items():
+        extra = tail_extra_loss(runs, dense_runs) if name == arm else None
+        if extra is None:
+            continue
+        loss = {key: paired_difference({r["seed"]: r[key] for r in dense_runs}, {r["seed"]: r[key] for r in runs})
+                for key in ("accuracy", "tail3_accuracy")}
+        lines.append(f"- {arm} at {density:.2f} loses against {dense}: overall {loss['accuracy']}, tail-3 "
+                     f"{loss['tail3_accuracy']}; the tail-3's extra loss {extra}")
+    return "\n".join(lines)
+
+
 def paired_table(groups: list[list[dict]], reference: str, dense: str) -> str:
     """Every arm of `groups` (lists of one arm's runs at one target density) against the `reference` arm at the
     same density, paired by seed; `dense` names the unpruned arm whose tail-3 the reference's loss is measured

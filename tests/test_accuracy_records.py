@@ -250,6 +250,17 @@ def test_paired_difference_by_hand():
     assert paired.recovered_fraction({0: 0.2, 1: 0.3}, {0: 0.1, 1: 0.1}, {0: 0.3, 1: 0.5}) == pytest.approx(0.5)
     assert paired.recovered_fraction({0: 0.2}, {0: 0.3}, {0: 0.3}) is None  # no loss to win back
 
+    # Against dense, seed 0 loses 20 points overall and 25 on tail-3, seed 1 10 and 30: 5 and 20 extra.
+    dense = [{"arm": "dense", "target_density": 1.0, "seed": 0, "accuracy": 0.6, "tail3_accuracy": 0.3},
+             {"arm": "dense", "target_density": 1.0, "seed": 1, "accuracy": 0.6, "tail3_accuracy": 0.4}]
+    pruned = [{"arm": "magnitude", "target_density": 0.02, "seed": 0, "accuracy": 0.4, "tail3_accuracy": 0.05},
+              {"arm": "magnitude", "target_density": 0.02, "seed": 1, "accuracy": 0.5, "tail3_accuracy": 0.1}]
+    extra = paired.tail_extra_loss(pruned, dense)
+    assert (extra.n, extra.mean, extra.se) == (2, pytest.approx(12.5), pytest.approx(7.5))
+    assert paired.regime_lines([dense, pruned], "magnitude", "dense") == (
+        "- magnitude at 0.02 loses against dense: overall +15.0 ± 5.0 (p 0.205), tail-3 +27.5 ± 2.5 (p 0.058); "
+        f"the tail-3's extra loss {extra}")
+
 
 def test_the_report_pairs_each_arm_with_magnitude_and_calibrates_on_validation_only(grid):
     records = grid["records"]
