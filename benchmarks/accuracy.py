@@ -424,13 +424,14 @@ def plot(records: list[dict], path: Path) -> None:
 
 
 def paired_tables(records: list[dict]) -> str:
-    """Every arm against magnitude pruning at its density, paired by seed, and every calibrated arm against
-    calibrated magnitude pruning (the bar a mask-selection method must clear once calibration is applied)."""
+    """Every arm (calibrated or not) against magnitude pruning at its density, paired by seed, and every
+    calibrated arm against calibrated magnitude pruning (the bar a mask-selection method must clear once
+    calibration is applied)."""
     tables = []
-    for calibrated in (False, True):
-        suffix = run_records.CALIBRATED if calibrated else ""
+    every = _groups(records)
+    calibrated = [runs for runs in every if arm_order(runs[0]["arm"])[1]]
+    for groups, suffix in ((every, ""), (calibrated, run_records.CALIBRATED)):
         reference, dense = f"magnitude{suffix}", f"dense{suffix}"
-        groups = [runs for runs in _groups(records) if arm_order(runs[0]["arm"])[1] == calibrated]
         regime = paired.regime_lines(groups, reference, dense)
         if regime:
             tables.append(f"paired by seed (percentage points):\n{regime}")
