@@ -8,8 +8,6 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from scipy import stats
-
 
 # Row field -> column title, in the order of the table.
 PAIRED_KEYS = {"accuracy": "overall", "many_accuracy": "many", "medium_accuracy": "medium", "few_accuracy": "few",
@@ -41,6 +39,8 @@ def paired_difference(runs: dict[int, float], reference: dict[int, float]) -> Pa
         return None
     if len(differences) == 1:
         return PairedDifference(differences[0], None, None, 1)
+    from scipy import stats  # only to report: a training run (accuracy.py without a report) does not need it
+
     se = statistics.stdev(differences) / math.sqrt(len(differences))
     # A difference equal on every seed has no spread to test against: its p-value is undefined (nan).
     p = float(stats.ttest_1samp(differences, 0.0).pvalue) if se > 0 else math.nan
