@@ -61,8 +61,12 @@ def tail_extra_loss(runs: list[dict], dense: list[dict]) -> PairedDifference | N
     """How many more points the arm loses against dense on its tail-3 than overall, paired by seed:
     (dense − arm) on tail-3 minus (dense − arm) overall. Positive: the pruning hurts the rarest classes
     more than the rest."""
-    gap = lambda rows: {r["seed"]: r["tail3_accuracy"] - r["accuracy"] for r in rows}  # noqa: E731
-    return paired_difference(gap(dense), gap(runs))
+    return paired_difference(_tail_gap(dense), _tail_gap(runs))
+
+
+def _tail_gap(rows: list[dict]) -> dict[int, float]:
+    """Seed -> tail-3 accuracy minus overall accuracy."""
+    return {r["seed"]: r["tail3_accuracy"] - r["accuracy"] for r in rows}
 
 
 def regime_lines(groups: list[list[dict]], arm: str, dense: str) -> str:
