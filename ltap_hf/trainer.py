@@ -33,7 +33,7 @@ from transformers.utils import logging
 
 from .backbones import backbone_for
 from .hub import render_model_card, save_sparse_pretrained
-from .losses import LOSS_NAMES, build_loss
+from .losses import LOSS_NAMES, LongTailLoss, build_loss
 from .metrics import long_tail_accuracy, make_compute_metrics
 from .pruning.class_importance import CLASS_IMPORTANCE_WEIGHTINGS, class_importance_weights
 from .pruning.criteria import ALL_CRITERIA, CRITERIA, PROBE_CRITERIA, criterion_indices
@@ -57,6 +57,7 @@ BRANCH_SETTINGS = frozenset({
     "granularity", "target_density", "prune_schedule_unit", "prune_start", "prune_end", "prune_interval", "criteria",
     "vote", "vote_temperature", "vote_class_weighting", "min_layer_density", "prune_classifier", "channel_round_to",
     "channel_allocation", "save_branch_point", "branch_from", "class_importance_weighting", "probe_per_class",
+    "pruning_loss",
 })
 
 
@@ -124,6 +125,12 @@ class LTAPConfig(TrainingArguments):
                        "the start. Halves the cost of a grid of pruning arms."),
     )
     loss: str = field(default="balanced_softmax", metadata=_help(f"Training loss: {', '.join(LOSS_NAMES)}."))
+    pruning_loss: str | None = field(
+        default=None,
+        metadata=_help("Training loss from the first scoring window on (the branch point), while the network is "
+                       "pruned and fine-tuned; None keeps `loss`. ltap-hf's lever, not the paper's: e.g. a "
+                       "cross-entropy run that switches to logit_adjusted re-balances the classes as it is pruned."),
+    )
     logit_adjustment_tau: float = field(default=1.0, metadata=_help("tau of the logit-adjusted loss."))
     ldam_max_margin: float = field(default=0.5, metadata=_help("Largest LDAM margin."))
     ldam_scale: float = field(default=30.0, metadata=_help("LDAM logit scale s."))
@@ -194,6 +201,8 @@ class LTAPConfig(TrainingArguments):
             )
         if self.loss not in LOSS_NAMES:
             raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
+        if self.pruning_loss is not None and self.pruning_loss not in LOSS_NAMES:
+            raise ValueError(f"pruning_loss must be None or one of {LOSS_NAMES}, got {self.pruning_loss!r}")
         if len(self.lr_milestones) != len(self.lr_milestone_factors) or sorted(self.lr_milestones) != self.lr_milestones:
             raise ValueError(
                 f"lr_milestones must be increasing and match lr_milestone_factors one to one, got "
@@ -330,7 +339,7 @@ class LTAPTrainer(Trainer):
         self._steps_per_epoch: int | None = None
         self._vote_dataloader = None
         self._probe_dataloaders: dict[int, torch.utils.data.DataLoader] | None = None
-        self._loss_fn = None
+        self._loss_fns: tuple[LongTailLoss, LongTailLoss] | None = None  # (loss, pruning_loss)
         self._resumed_state: tuple[dict, dict] | None = None
         self._branching = False
         self._rng_checkpoint: str | None = None
@@ -358,8 +367,9 @@ class LTAPTrainer(Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        if model.training and self._loss_fn is not None:
-            loss = self._loss_fn(logits, labels, epoch=self.state.epoch or 0.0)
+        if model.training and self._loss_fns is not None:
+            pruning = self.state.global_step >= self._accumulate_from  # this step is in or past the first scoring window
+            loss = self._loss_fns[pruning](logits, labels, epoch=self.state.epoch or 0.0)
             self._check_finite(loss)
         else:
             loss = F.cross_entropy(logits, labels)
@@ -414,7 +424,9 @@ class LTAPTrainer(Trainer):
                 f"save_branch_point needs an optimizer step before the first scoring window, which opens at step "
                 f"{self._accumulate_from + 1}: start pruning later"
             )
-        self._loss_fn = build_loss(args.loss, self.class_counts, **self._loss_params(state.max_steps / self._steps_per_epoch))
+        epochs = state.max_steps / self._steps_per_epoch
+        self._loss_fns = tuple(build_loss(name, self.class_counts, **self._loss_params(name, epochs))
+                               for name in (args.loss, args.pruning_loss or args.loss))
         model = self.accelerator.unwrap_model(self.model)
         vote = ClassVote(args.criteria, self.class_counts, weighting=args.vote_class_weighting,
                          temperature=args.vote_temperature, seed=args.seed, enabled=args.vote)
@@ -435,11 +447,11 @@ class LTAPTrainer(Trainer):
             self._resumed_state = None
         logger.info(f"LTAP: {len(self.stage_steps)} pruning stages at optimizer steps {self.stage_steps}")
 
-    def _loss_params(self, num_train_epochs: float) -> dict:
+    def _loss_params(self, name: str, num_train_epochs: float) -> dict:
         args = self.args
-        if args.loss == "logit_adjusted":
+        if name == "logit_adjusted":
             return {"tau": args.logit_adjustment_tau}
-        if args.loss == "ldam_drw":
+        if name == "ldam_drw":
             return {"max_margin": args.ldam_max_margin, "scale": args.ldam_scale,
                     "drw_start_epoch": args.drw_start * num_train_epochs}
         return {}

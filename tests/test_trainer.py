@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback
 
 from ltap_hf import LTResNetConfig, LTResNetForImageClassification, model_cost
@@ -181,6 +182,25 @@ def test_an_arm_branched_from_the_dense_run_equals_the_arm_run_straight_through(
         _trainer(tmp_path / "ce", branch_from=branch_point, loss="ce", **arm).train()
     with pytest.raises(ValueError, match="not a branch point"):
         _trainer(tmp_path / "late", branch_from=branch_point, prune_start=0.1, **arm).train()
+
+
+def test_pruning_loss_takes_over_at_the_branch_point_and_may_differ_from_the_branch_points(tmp_path):
+    arm = dict(splits=augmented_toy_splits, criteria=["magnitude"], vote=False, loss="ce", save_branch_point=True)
+    ce = _trainer(tmp_path / "ce", **arm)
+    ce.train()
+    adjusted = _trainer(tmp_path / "adjusted", pruning_loss="logit_adjusted", **arm)
+    adjusted.train()
+    # Cross-entropy up to the branch point (step 6), the logit-adjusted loss from the first scoring window on.
+    ce_point, adjusted_point = (load_file(str(tmp_path / run / "checkpoint-6" / "model.safetensors")) for run in ("ce", "adjusted"))
+    assert all(torch.equal(ce_point[name], adjusted_point[name]) for name in ce_point)
+    assert not torch.equal(ce.model.classifier.weight, adjusted.model.classifier.weight)
+
+    branched = _trainer(tmp_path / "branched", model=_model(seed=123), branch_from=str(tmp_path / "ce" / "checkpoint-6"),
+                        pruning_loss="logit_adjusted", **arm)
+    branched.train()
+    _assert_same_run(adjusted, branched)
+    with pytest.raises(ValueError, match="pruning_loss must be None or one of"):
+        _args(tmp_path, pruning_loss="focal")
 
 
 def test_resume_under_another_seed_is_refused(tmp_path):
