@@ -427,14 +427,20 @@ def plot(records: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def corrects_prior(arm: str) -> bool:
+    """Whether `arm` corrects the class prior of its predictions itself: calibrated, or trained with a
+    `pruning_loss` (the logit-adjusted loss of magnitude_la)."""
+    return arm_order(arm)[1] or "--pruning_loss" in ARMS[arm]
+
+
 def paired_tables(records: list[dict]) -> str:
-    """Every arm (calibrated or not) against magnitude pruning at its density, paired by seed, and every
-    calibrated arm against calibrated magnitude pruning (the bar a mask-selection method must clear once
-    calibration is applied)."""
+    """Every arm (calibrated or not) against magnitude pruning at its density, paired by seed, and every arm
+    that corrects the class prior (`corrects_prior`) against calibrated magnitude pruning (the bar a method
+    must clear once calibration is applied)."""
     tables = []
     every = _groups(records)
-    calibrated = [runs for runs in every if arm_order(runs[0]["arm"])[1]]
-    for groups, suffix in ((every, ""), (calibrated, run_records.CALIBRATED)):
+    corrected = [runs for runs in every if corrects_prior(runs[0]["arm"])]
+    for groups, suffix in ((every, ""), (corrected, run_records.CALIBRATED)):
         reference, dense = f"magnitude{suffix}", f"dense{suffix}"
         regime = paired.regime_lines(groups, reference, dense)
         if regime:

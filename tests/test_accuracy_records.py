@@ -262,6 +262,23 @@ def test_paired_difference_by_hand():
         f"the tail-3's extra loss {extra}")
 
 
+def test_arms_that_correct_the_prior_themselves_are_paired_with_calibrated_magnitude():
+    def runs(arm: str, density: float, accuracies: tuple[float, float], tail3: float) -> list[dict]:
+        return [{"arm": arm, "target_density": density, "seed": seed, "macs_ratio": density,
+                 **dict.fromkeys(paired.PAIRED_KEYS, accuracy), "tail3_accuracy": tail3}
+                for seed, accuracy in enumerate(accuracies)]
+
+    records = [*runs("dense", 1.0, (0.6, 0.6), 0.3), *runs("dense+calibration", 1.0, (0.62, 0.62), 0.5),
+               *runs("magnitude", 0.05, (0.5, 0.5), 0.1), *runs("magnitude+calibration", 0.05, (0.55, 0.55), 0.4),
+               *runs("ltap", 0.05, (0.52, 0.52), 0.15), *runs("magnitude_la", 0.05, (0.56, 0.58), 0.45)]
+    against_calibrated = accuracy.paired_tables(records).split("against magnitude+calibration")[1]
+    # 1 and 3 points overall: t = 2 on 1 degree of freedom, p = 1 - 2 atan(2) / pi. Tail-3 wins back 5 of the
+    # 10 points calibrated magnitude loses against calibrated dense.
+    assert "| magnitude_la | 0.05 | 2 | +2.0 ± 1.0 (p 0.295) |" in against_calibrated
+    assert "| +5.0 ± 0.0 (p n/a) | +2.0 ± 1.0 (p 0.295) | 50% | 0.050 |" in against_calibrated
+    assert "| ltap |" not in against_calibrated  # its predictions keep the training prior
+
+
 def test_the_report_pairs_each_arm_with_magnitude_and_calibrates_on_validation_only(grid):
     records = grid["records"]
     ltap, magnitude = _record(records, "ltap", DENSITY), _record(records, "magnitude", DENSITY)
