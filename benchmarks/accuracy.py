@@ -1,8 +1,8 @@
 """Does class-aware pruning keep the rare classes? Dense, magnitude, LTAP (weight), LTAP without the vote,
 LTAP (channel, slimmed), ltap-hf's class-conditional criterion (class_taylor: classes alike, or
-class_taylor_worst: by their validation error) and magnitude pruning that switches to the logit-adjusted
-loss as it prunes (magnitude_la), side by side with the same seed, data, schedule and loss
-(the recipe's Balanced Softmax unless `--loss` says otherwise).
+class_taylor_worst: by their validation error) and magnitude pruning or LTAP that switch to the
+logit-adjusted loss as they prune (magnitude_la, ltap_la), side by side with the same seed, data,
+schedule and loss (the recipe's Balanced Softmax unless `--loss` says otherwise).
 
     # every arm, CIFAR-10-LT IR 100, the 30-epoch CPU schedule (about 20 minutes an arm on 2 cores)
     python benchmarks/accuracy.py --dataset cifar10_lt --schedule cpu30
@@ -101,9 +101,10 @@ ARMS = {
     # validation error at each stage.
     "class_taylor": ["--criteria", "class_taylor", "--vote", "false"],
     "class_taylor_worst": ["--criteria", "class_taylor", "--vote", "false", "--class_importance_weighting", "worst_class"],
-    # Magnitude pruning trained with the logit-adjusted loss from the branch point on (ltap-hf's pruning_loss,
-    # not the paper's): class-aware in what the pruned network learns rather than in which weights it keeps.
+    # Magnitude pruning and the paper's LTAP trained with the logit-adjusted loss from the branch point on
+    # (ltap-hf's pruning_loss, not the paper's): class-aware in what the pruned network learns.
     "magnitude_la": ["--criteria", "magnitude", "--vote", "false", "--pruning_loss", "logit_adjusted"],
+    "ltap_la": ["--pruning_loss", "logit_adjusted"],
 }
 TABLE_KEYS = ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy", "tail3_accuracy", "worst_class_accuracy")
 # The data and loss of a grid beyond its recipe, as run_ltap flags. None keeps the recipe's (Balanced Softmax;
@@ -475,9 +476,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="digits_lt")
     parser.add_argument("--schedule", choices=sorted(SCHEDULES), default=None, help="cpu30 for cifar10_lt, demo for digits_lt")
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=[arm for arm in ARMS if arm != "magnitude_la"],
-                        help="default: all but magnitude_la, which equals magnitude under the recipe's Balanced Softmax "
-                             "(the logit-adjusted loss with tau 1 is the same loss); run it with --loss ce")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=[arm for arm in ARMS if "--pruning_loss" not in ARMS[arm]],
+                        help="default: all but the *_la arms, which equal their twins under the recipe's Balanced Softmax "
+                             "(the logit-adjusted loss with tau 1 is the same loss); run them with --loss ce")
     parser.add_argument("--densities", nargs="+", type=float, default=[0.3, 0.1, 0.05], help="weight arms")
     parser.add_argument("--channel-densities", nargs="+", type=float, default=[0.3, 0.15], help="channel arm (parameters)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
