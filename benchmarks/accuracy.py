@@ -42,8 +42,8 @@ Report. Every recorded run also appears calibrated (`<arm>+calibration`: `run_lt
 bias, fitted on the run's validation logits and applied to its test logits, no training). Below the
 table, every arm is paired by seed with magnitude pruning at its density (and every calibrated arm with
 calibrated magnitude pruning): mean difference in points, its standard error and a paired t-test's p, and
-the share of magnitude's tail-3 loss against dense that the arm wins back. `--split validation` reports
-the validation predictions instead, the split to make choices on.
+the share of magnitude's tail-3 loss against dense that the arm wins back (`--reference` pairs them with
+another arm). `--split validation` reports the validation predictions instead, the split to make choices on.
 """
 
 from __future__ import annotations
@@ -434,26 +434,26 @@ def corrects_prior(arm: str) -> bool:
     return arm_order(arm)[1] or "--pruning_loss" in ARMS[arm]
 
 
-def paired_tables(records: list[dict]) -> str:
-    """Every arm (calibrated or not) against magnitude pruning at its density, paired by seed, and every arm
-    that corrects the class prior (`corrects_prior`) against calibrated magnitude pruning (the bar a method
-    must clear once calibration is applied)."""
+def paired_tables(records: list[dict], reference: str = "magnitude") -> str:
+    """Every arm (calibrated or not) against the `reference` arm (magnitude pruning) at its density, paired by
+    seed, and every arm that corrects the class prior (`corrects_prior`) against the calibrated reference (the
+    bar a method must clear once calibration is applied)."""
     tables = []
     every = _groups(records)
     corrected = [runs for runs in every if corrects_prior(runs[0]["arm"])]
     for groups, suffix in ((every, ""), (corrected, run_records.CALIBRATED)):
-        reference, dense = f"magnitude{suffix}", f"dense{suffix}"
-        regime = paired.regime_lines(groups, reference, dense)
+        reference_arm, dense = f"{reference}{suffix}", f"dense{suffix}"
+        regime = paired.regime_lines(groups, reference_arm, dense)
         if regime:
             tables.append(f"paired by seed (percentage points):\n{regime}")
-        table = paired.paired_table(groups, reference, dense)
+        table = paired.paired_table(groups, reference_arm, dense)
         if table:
-            tables.append(f"paired by seed, against {reference} (percentage points; tail-3 loss recovered: of "
-                          f"{reference}'s tail-3 loss against {dense}):\n{table}")
+            tables.append(f"paired by seed, against {reference_arm} (percentage points; tail-3 loss recovered: of "
+                          f"{reference_arm}'s tail-3 loss against {dense}):\n{table}")
     return "\n\n".join(tables)
 
 
-def report(rows: list[dict], results: Path, split: str = "test") -> None:
+def report(rows: list[dict], results: Path, split: str = "test", reference: str = "magnitude") -> None:
     """Prints a table, the paired differences and the per-class lines, and draws a plot, for each regime
     among `rows`."""
     regimes: dict[tuple, list[dict]] = {}
@@ -464,7 +464,7 @@ def report(rows: list[dict], results: Path, split: str = "test") -> None:
         if len(regimes) > 1 or regime_suffix(regime):
             print(f"\nregime: {regime_label(regime)}")
         print(table(runs))
-        differences = paired_tables(runs)
+        differences = paired_tables(runs, reference)
         if differences:
             print("\n" + differences)
         print("\n" + per_class_lines(runs))
@@ -507,6 +507,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=("test", "validation"), default="test",
                         help="the split the report reads from the records (validation: to make choices on; the "
                              "calibrated arms are then in-sample)")
+    parser.add_argument("--reference", choices=[arm for arm in ARMS if arm != "dense"], default="magnitude",
+                        help="the arm every other is paired with in the report (e.g. ltap, to read ltap_novote against it)")
     parser.add_argument("--no-report", action="store_true", help="run and merge only (many runs at once: report once after)")
     options = parser.parse_args(argv)
     schedule = options.schedule or ("cpu30" if options.dataset == "cifar10_lt" else "demo")
@@ -534,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         raise SystemExit(f"nothing to report: no {schedule} runs in {results} or {records_dir(results)}")
     print(f"\n{options.dataset}, schedule {schedule}, {options.split} split, results in {results}")
-    report(rows, results, options.split)
+    report(rows, results, options.split, options.reference)
 
 
 if __name__ == "__main__":

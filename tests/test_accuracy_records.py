@@ -277,6 +277,9 @@ def test_arms_that_correct_the_prior_themselves_are_paired_with_calibrated_magni
     assert "| magnitude_la | 0.05 | 2 | +2.0 ± 1.0 (p 0.295) |" in against_calibrated
     assert "| +5.0 ± 0.0 (p n/a) | +2.0 ± 1.0 (p 0.295) | 50% | 0.050 |" in against_calibrated
     assert "| ltap |" not in against_calibrated  # its predictions keep the training prior
+    # Any arm can be the reference: ltap against magnitude_la loses 4 and 6 points overall, 30 on tail-3.
+    against_la = accuracy.paired_tables(records, reference="magnitude_la")
+    assert "against magnitude_la (" in against_la and "| ltap | 0.05 | 2 | -5.0 ± 1.0 (p 0.126) |" in against_la
 
 
 def test_the_report_pairs_each_arm_with_magnitude_and_calibrates_on_validation_only(grid):
