@@ -53,6 +53,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shlex
 import shutil
@@ -408,23 +409,27 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    for arm in sorted({record["arm"] for record in records}, key=arm_order):
+    arms = sorted({record["arm"] for record in records}, key=arm_order)
+    rows = math.ceil(len(arms) / 4)  # of the legend, below the plots
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4 + 0.25 * rows), sharex=True)
+    colors = plt.get_cmap("tab10")
+    for arm in arms:
         by_target: dict[float, list[dict]] = {}
         for record in records:
             if record["arm"] == arm:
                 by_target.setdefault(record["target_density"], []).append(record)
         points = sorted((statistics.mean(r["prunable_density"] for r in runs), runs) for runs in by_target.values())
+        index, calibrated = arm_order(arm)  # an arm and its calibrated twin share a colour, the twin dashed
         for axis, key in zip(axes, ("accuracy", "tail3_accuracy")):
             axis.plot([d for d, _ in points], [100 * statistics.mean(r[key] for r in runs) for _, runs in points],
-                      marker="o", label=arm, linestyle="--" if arm_order(arm)[1] else "-")
-    for axis, title in zip(axes, ("overall test accuracy (%)", "tail-3 test accuracy (%)")):
+                      marker="o", label=arm, color=colors(index % colors.N), linestyle="--" if calibrated else "-")
+    for axis, title in zip(axes, ("overall accuracy (%)", "tail-3 accuracy (%)")):
         axis.set_xscale("log")
         axis.set_xlabel("density of prunable weights")
         axis.set_title(title)
         axis.grid(alpha=0.3)
-    axes[0].legend()
-    figure.tight_layout()
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize="small")
+    figure.tight_layout(rect=(0, 0.06 * rows, 1, 1))
     figure.savefig(path, dpi=120)
 
 
