@@ -40,8 +40,8 @@ that have none (runs made before records were kept).
 
 Report. Every recorded run also appears calibrated (`<arm>+calibration`: `run_ltap --calibrate`'s logit
 bias, fitted on the run's validation logits and applied to its test logits, no training). Below the
-table, every arm is paired by seed with magnitude pruning at its density (and every calibrated arm with
-calibrated magnitude pruning): mean difference in points, its standard error and a paired t-test's p, and
+table, every arm is paired by seed with magnitude pruning at its density (and every calibrated arm, and
+every *_la arm, with calibrated magnitude pruning): mean difference in points, its standard error and a paired t-test's p, and
 the share of magnitude's tail-3 loss against dense that the arm wins back (`--reference` pairs them with
 another arm). `--split validation` reports the validation predictions instead, the split to make choices on.
 """
@@ -107,6 +107,8 @@ ARMS = {
     "magnitude_la": ["--criteria", "magnitude", "--vote", "false", "--pruning_loss", "logit_adjusted"],
     "ltap_la": ["--pruning_loss", "logit_adjusted"],
 }
+# Under the recipe's Balanced Softmax these equal their twins (the logit-adjusted loss with tau 1 is the same loss).
+PRUNING_LOSS_ARMS = frozenset(arm for arm, flags in ARMS.items() if "--pruning_loss" in flags)
 TABLE_KEYS = ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy", "tail3_accuracy", "worst_class_accuracy")
 # The data and loss of a grid beyond its recipe, as run_ltap flags. None keeps the recipe's (Balanced Softmax;
 # IR 100 for CIFAR-10-LT, IR 10 for digits-LT; the dataset's validation split); rows from before these
@@ -435,8 +437,8 @@ def plot(records: list[dict], path: Path) -> None:
 
 def corrects_prior(arm: str) -> bool:
     """Whether `arm` corrects the class prior of its predictions itself: calibrated, or trained with a
-    `pruning_loss` (the logit-adjusted loss of magnitude_la)."""
-    return arm_order(arm)[1] or "--pruning_loss" in ARMS[arm]
+    `pruning_loss` (the logit-adjusted loss of the *_la arms)."""
+    return arm_order(arm)[1] or arm in PRUNING_LOSS_ARMS
 
 
 def paired_tables(records: list[dict], reference: str = "magnitude") -> str:
@@ -481,9 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="digits_lt")
     parser.add_argument("--schedule", choices=sorted(SCHEDULES), default=None, help="cpu30 for cifar10_lt, demo for digits_lt")
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=[arm for arm in ARMS if "--pruning_loss" not in ARMS[arm]],
-                        help="default: all but the *_la arms, which equal their twins under the recipe's Balanced Softmax "
-                             "(the logit-adjusted loss with tau 1 is the same loss); run them with --loss ce")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=[arm for arm in ARMS if arm not in PRUNING_LOSS_ARMS],
+                        help="default: all but the *_la arms, which equal their twins under the recipe's Balanced "
+                             "Softmax; run them with --loss ce")
     parser.add_argument("--densities", nargs="+", type=float, default=[0.3, 0.1, 0.05], help="weight arms")
     parser.add_argument("--channel-densities", nargs="+", type=float, default=[0.3, 0.15], help="channel arm (parameters)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
